@@ -1,0 +1,1 @@
+"""Ingest domain: S3 file versions -> validated, deduplicated rows in DuckDB."""

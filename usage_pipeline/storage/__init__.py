@@ -1,0 +1,1 @@
+"""DuckDB storage: schema, connections and the SQL each stage runs."""
