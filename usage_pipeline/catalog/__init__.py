@@ -1,0 +1,1 @@
+"""The catalog: meters, prices and subscriptions, validated from YAML (and CSV / Parquet)."""

@@ -1,0 +1,159 @@
+"""`usage-pipeline`: the terminal and cron face of everything the Dagster UI does (SPEC section 9)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from usage_pipeline.settings import ConfigError, Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def print_outcomes(outcomes) -> None:
+    """One line per file version: status, counts, key, and the reason of a failure."""
+    for o in outcomes:
+        counts = f"total={o.rows_total} accepted={o.rows_accepted} duplicate={o.rows_duplicate} rejected={o.rows_rejected}"
+        reason = f"  {o.failed_reason}: {o.failed_detail}" if o.failed_reason else ""
+        click.echo(f"{o.status:<22} {counts:<58} {o.key}{reason}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """usage_pipeline: S3 usage files -> DuckDB events -> metered, priced pending invoices."""
+
+
+@main.command()
+def ingest() -> None:
+    """One sensor evaluation plus the runs it requests, executed now.
+
+    Exit 0 when every processed file succeeded, succeeded with errors or was empty (or nothing was new),
+    1 when any file failed, 2 on a usage or configuration error.
+    """
+    from usage_pipeline.definitions import build_definitions
+    from usage_pipeline.instance import get_instance
+    from usage_pipeline.operations import IngestBusyError, run_ingest
+
+    settings = _settings()
+    try:
+        result = run_ingest(get_instance(), build_definitions(settings), settings)
+    except IngestBusyError as exc:
+        click.echo(f"ingest: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    print_outcomes(result.outcomes)
+    for run_id in result.failed_runs:
+        click.echo(f"run {run_id} failed; its files will be retried by the next ingest", err=True)
+    if not result.outcomes and not result.failed_runs:
+        click.echo(f"nothing new under s3://{settings.bucket}/{settings.prefix} ({result.keys_listed} keys listed)")
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.option("--date", "day", required=True, help="The UTC day whose ending billing periods are closed (YYYY-MM-DD).")
+def close(day: str) -> None:
+    """Materialize the period-close partition of DAY (re-running regenerates it, same invoice ids)."""
+    from usage_pipeline.close_command import run_close_command
+
+    sys.exit(run_close_command(_settings(), day))
+
+
+@main.command()
+def demo() -> None:
+    """Local S3 endpoint, sample files (both layouts, bad rows, duplicates), ingest, close, and print it all."""
+    from usage_pipeline.demo import run_demo
+
+    sys.exit(run_demo(_settings()))
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the Dagster UI.")
+@click.option("--s3-port", default=9555, show_default=True, help="Port of the local S3 endpoint.")
+def dev(port: int, s3_port: int) -> None:
+    """Start the local S3 endpoint and the Dagster UI with sensors and schedules on."""
+    from usage_pipeline.instance import ensure_dagster_home
+    from usage_pipeline.local_s3 import local_s3
+
+    settings = _settings()
+    home = ensure_dagster_home()
+    if settings.s3_endpoint_url:
+        click.echo(f"using the S3 endpoint in AWS_ENDPOINT_URL_S3: {settings.s3_endpoint_url}")
+        _dagster_dev(port)
+        return
+    with local_s3(port=s3_port, bucket=settings.bucket) as endpoint:
+        click.echo(f"local S3 endpoint: {endpoint} (bucket {settings.bucket}, prefix {settings.prefix})")
+        click.echo(f"drop files with: AWS_ENDPOINT_URL_S3={endpoint} usage-pipeline generate --out "
+                   f"s3://{settings.bucket}/{settings.prefix}")
+        click.echo(f"Dagster instance: {home}; UI on http://127.0.0.1:{port}")
+        _dagster_dev(port)
+
+
+def _dagster_dev(port: int) -> None:
+    workspace = Path.cwd() / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.exists() else ["-m", "usage_pipeline.definitions"]
+    command = [str(Path(sys.executable).parent / "dagster"), "dev", *target, "-p", str(port)]
+    try:
+        subprocess.run(command, check=False, env=os.environ.copy())
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--out", required=True, help="A folder, or s3://bucket/prefix (uses AWS_ENDPOINT_URL_S3 when set).")
+@click.option("--files", "n_files", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--rows", default=1000, show_default=True, type=click.IntRange(min=0), help="Rows per file.")
+@click.option("--layout", type=click.Choice(["stripe", "chargebee"]), default="stripe", show_default=True)
+@click.option(
+    "--format", "fmt", show_default=True, default="csv",
+    type=click.Choice(["csv", "json", "jsonl", "csv.gz", "json.gz", "jsonl.gz"]),
+)
+@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--duplicate-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--seed", default=0, show_default=True, type=int)
+def generate(out: str, n_files: int, rows: int, layout: str, fmt: str, error_rate: float,
+             duplicate_rate: float, seed: int) -> None:
+    """Write synthetic usage files (sizes, layouts, formats, error and duplicate rates)."""
+    from datetime import UTC, datetime
+
+    from usage_pipeline.generate import generate_usage_file, write_files
+    from usage_pipeline.local_s3 import s3_client
+
+    arrival = datetime.now(UTC)
+    files = {}
+    for i in range(n_files):
+        name = f"{layout}-{arrival:%Y%m%dT%H%M%S}-{seed}-{i:04d}.{fmt}"
+        files[name] = generate_usage_file(
+            layout=layout, fmt=fmt, rows=rows, arrival=arrival, seed=seed * 100_003 + i,
+            error_rate=error_rate, duplicate_rate=duplicate_rate, key_hint=name,
+        )
+    client = s3_client() if out.startswith("s3://") else None
+    for written in write_files(out, files, s3_client=client):
+        click.echo(written)
+
+
+@main.command()
+@click.option("--files", "n_files", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--rows", default=1_000_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--history", default=50_000_000, show_default=True, type=click.IntRange(min=0),
+              help="Stored events for the history-growth measurement (0 skips it).")
+@click.option("--workdir", default="bench/out", show_default=True)
+def bench(n_files: int, rows: int, history: int, workdir: str) -> None:
+    """Ingest throughput vs the floor (S3 GET + read_csv + plain insert), and cost vs stored history."""
+    from usage_pipeline.bench import run_bench
+
+    run_bench(n_files=n_files, rows=rows, history=history, workdir=Path(workdir))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,82 @@
+"""`usage-pipeline close --date D`: validate, materialize the period-close partition D, print its invoices."""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, date, datetime
+
+import click
+import dagster as dg
+
+from usage_pipeline.settings import Settings
+from usage_pipeline.storage.connection import connect
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+CLOSE_JOB_NAME = "period_close"
+
+
+def parse_close_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"--date wants YYYY-MM-DD, got {text!r}") from exc
+
+
+def run_close(instance: dg.DagsterInstance, defs: dg.Definitions, day: date) -> dg.ExecuteInProcessResult:
+    """Materialize the close partition `day` in this process; the run is recorded in the instance."""
+    job = defs.resolve_job_def(CLOSE_JOB_NAME)
+    return job.execute_in_process(
+        partition_key=day.isoformat(),
+        instance=instance,
+        tags={"usage_pipeline/launched_by": "cli", "usage_pipeline/host": socket.gethostname()},
+        raise_on_error=False,
+    )
+
+
+def invoices_of(settings: Settings, day: date) -> list[tuple]:
+    with connect(settings.duckdb_path, settings.duckdb_lock_timeout.total_seconds()) as conn:
+        return conn.execute(
+            """SELECT invoice_id, subscription_id, customer_id, period_start, period_end, currency, total,
+                      line_count
+               FROM pending_invoices WHERE close_date = $day ORDER BY subscription_id""",
+            {"day": day},
+        ).fetchall()
+
+
+def print_invoices(rows: list[tuple]) -> None:
+    if not rows:
+        click.echo("no pending invoices for this date")
+        return
+    click.echo(f"{'invoice_id':<26} {'subscription':<18} {'customer':<12} {'period':<35} {'total':>14} lines")
+    for invoice_id, sub, customer, start, end, currency, total, lines in rows:
+        period = f"{start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M}"
+        click.echo(f"{invoice_id:<26} {sub:<18} {customer:<12} {period:<35} {total:>10} {currency} {lines:>5}")
+
+
+def run_close_command(settings: Settings, text: str) -> int:
+    from usage_pipeline.billing.partitions import close_partitions
+    from usage_pipeline.catalog.model import CatalogError, load_catalog
+    from usage_pipeline.definitions import build_definitions
+    from usage_pipeline.instance import get_instance
+
+    try:
+        day = parse_close_date(text)
+    except click.BadParameter as exc:
+        click.echo(f"close: {exc.message}", err=True)
+        return EXIT_USAGE
+    keys = close_partitions.get_partition_keys(current_time=datetime.now(UTC))
+    if day.isoformat() not in keys:
+        click.echo(f"close: {day} is outside the close partitions ({keys[0]} … {keys[-1]})", err=True)
+        return EXIT_USAGE
+    try:
+        load_catalog(settings.catalog_path)
+    except CatalogError as exc:
+        click.echo(f"close: the catalog {settings.catalog_path} is invalid; nothing was closed:\n{exc}", err=True)
+        return EXIT_USAGE
+    result = run_close(get_instance(), build_definitions(settings), day)
+    if not result.success:
+        click.echo(f"close: run {result.run_id} failed; see the Dagster UI / logs above", err=True)
+        return EXIT_FAILED
+    click.echo(f"closed {day} (run {result.run_id})")
+    print_invoices(invoices_of(settings, day))
+    return EXIT_OK

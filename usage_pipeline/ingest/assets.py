@@ -1,0 +1,184 @@
+"""Dagster assets of the ingest stage: one multi-asset loads a batch of file versions into DuckDB."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from usage_pipeline.ingest import quality
+from usage_pipeline.ingest.model import STATUS_FAILED, FileVersion, ValidationLimits
+from usage_pipeline.ingest.runner import IngestReport, ingest_files
+from usage_pipeline.ingest.s3 import read_version
+from usage_pipeline.ingest.store import naive_utc
+from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+from usage_pipeline.ui import check_result, md_table
+
+INGEST_GROUP = "ingest"
+HOST_TAG = "usage_pipeline/host"
+PID_TAG = "usage_pipeline/pid"
+
+ingested_files_spec = dg.AssetSpec(
+    "ingested_files",
+    group_name=INGEST_GROUP,
+    kinds={"s3", "duckdb"},
+    description="The file ledger: one row per S3 file version with its status, reason and row counts.",
+)
+usage_events_spec = dg.AssetSpec(
+    "usage_events",
+    group_name=INGEST_GROUP,
+    kinds={"polars", "duckdb"},
+    description="Accepted, deduplicated usage events (both layouts), with the S3 file and row each came from.",
+)
+rejected_events_spec = dg.AssetSpec(
+    "rejected_events",
+    group_name=INGEST_GROUP,
+    kinds={"polars", "duckdb"},
+    description="Rejected rows with their error code, message and the raw record.",
+)
+
+CHECKS = [
+    dg.AssetCheckSpec("no_failed_files", asset="ingested_files", description="ERROR when a file of the run failed."),
+    dg.AssetCheckSpec("no_rejected_rows", asset="ingested_files", description="WARN when rows were rejected."),
+    dg.AssetCheckSpec(
+        "row_counts_balance",
+        asset="ingested_files",
+        description="rows_total = accepted + duplicate + rejected, and the stored rows match the ledger.",
+    ),
+    dg.AssetCheckSpec(
+        "dedup_keys_unique",
+        asset="usage_events",
+        description="No dedup key is stored twice in the event-time range the run wrote to.",
+    ),
+]
+
+
+class FileVersionConfig(dg.Config):
+    key: str
+    etag: str
+    size: int
+    last_modified: str  # ISO 8601, UTC
+
+    def to_version(self) -> FileVersion:
+        return FileVersion(self.key, self.etag, self.size, datetime.fromisoformat(self.last_modified))
+
+    @classmethod
+    def from_version(cls, file: FileVersion) -> dict[str, object]:
+        return {
+            "key": file.key,
+            "etag": file.etag,
+            "size": file.size,
+            "last_modified": file.last_modified.astimezone(UTC).isoformat(),
+        }
+
+
+class IngestConfig(dg.Config):
+    """The file versions this run ingests (the sensor fills it in)."""
+
+    files: list[FileVersionConfig] = []
+
+
+def _materialization_metadata(report: IngestReport) -> dict[str, object]:
+    statuses: dict[str, int] = {}
+    for outcome in report.new_outcomes:
+        statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
+    return {
+        "files": len(report.outcomes),
+        "files_already_ingested": len(report.outcomes) - len(report.new_outcomes),
+        **{f"files_{status}": n for status, n in sorted(statuses.items())},
+        "rows_total": report.total("rows_total"),
+        "rows_accepted": report.total("rows_accepted"),
+        "rows_duplicate": report.total("rows_duplicate"),
+        "rows_rejected": report.total("rows_rejected"),
+        "bytes_read": report.bytes_read,
+        "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
+        "events_per_second": dg.MetadataValue.float(round(report.events_per_second, 1)),
+        "file_versions": md_table([quality.file_row(o) for o in report.outcomes]),
+    }
+
+
+@dg.multi_asset(
+    name="ingest_usage_files",
+    specs=[ingested_files_spec, usage_events_spec, rejected_events_spec],
+    check_specs=CHECKS,
+    pool="duckdb",
+)
+def ingest_usage_files(
+    context: dg.AssetExecutionContext,
+    config: IngestConfig,
+    s3: S3Resource,
+    duckdb: UsageDuckDB,
+    settings: PipelineSettings,
+):
+    """Load, validate and deduplicate the run's file versions into DuckDB, one transaction per file."""
+    # Lets the sensor recognise this run as dead if its process is killed (the default run launcher
+    # cannot tell), so that its files are retried.
+    context.instance.add_run_tags(context.run_id, {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    cfg = settings.get()
+    client = s3.get_client()
+    files = [f.to_version() for f in config.files]
+    since = naive_utc(datetime.now(UTC)) - timedelta(seconds=1)
+
+    def log(outcome) -> None:
+        level = context.log.warning if outcome.status == STATUS_FAILED else context.log.info
+        level(
+            f"{outcome.status}: {outcome.key} total={outcome.rows_total} accepted={outcome.rows_accepted} "
+            f"duplicate={outcome.rows_duplicate} rejected={outcome.rows_rejected}"
+            + (f" reason={outcome.failed_reason} ({outcome.failed_detail})" if outcome.failed_reason else "")
+        )
+
+    with duckdb.get_connection() as conn:
+        report = ingest_files(
+            files,
+            fetch=lambda f: read_version(client, cfg.bucket, f),
+            conn=conn,
+            max_file_bytes=cfg.max_file_bytes,
+            limits=ValidationLimits(cfg.max_event_age, cfg.max_future_skew),
+            run_id=context.run_id,
+            stripe_dedup_window=cfg.stripe_dedup_window,
+            on_file=log,
+        )
+        findings = {
+            ("ingested_files", "no_failed_files", dg.AssetCheckSeverity.ERROR): quality.failed_files(
+                conn, report.outcomes
+            ),
+            ("ingested_files", "no_rejected_rows", dg.AssetCheckSeverity.WARN): quality.rejected_rows(
+                conn, report.outcomes, since
+            ),
+            ("ingested_files", "row_counts_balance", dg.AssetCheckSeverity.ERROR): quality.row_counts_balance(
+                conn, context.run_id, since
+            ),
+            ("usage_events", "dedup_keys_unique", dg.AssetCheckSeverity.ERROR): quality.dedup_keys_unique(
+                conn, since, cfg.stripe_dedup_window
+            ),
+        }
+    metadata = _materialization_metadata(report)
+    yield dg.MaterializeResult(asset_key="ingested_files", metadata=metadata)
+    yield dg.MaterializeResult(
+        asset_key="usage_events",
+        metadata={k: metadata[k] for k in ("rows_accepted", "rows_duplicate", "seconds", "events_per_second")},
+    )
+    yield dg.MaterializeResult(asset_key="rejected_events", metadata={"rows_rejected": metadata["rows_rejected"]})
+    for (asset_key, name, severity), finding in findings.items():
+        yield check_result(
+            asset_key=asset_key,
+            check_name=name,
+            passed=finding.passed,
+            severity=severity,
+            summary=finding.summary,
+            counts=finding.counts,
+            examples=finding.examples,
+        )
+
+
+INGEST_JOB_NAME = "ingest_files"
+
+ingest_job = dg.define_asset_job(
+    INGEST_JOB_NAME,
+    selection=dg.AssetSelection.assets(ingest_usage_files),
+    description="Ingest a batch of S3 file versions (requested by the usage_files_sensor or the CLI).",
+    executor_def=dg.in_process_executor,
+)

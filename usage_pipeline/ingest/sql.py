@@ -1,0 +1,125 @@
+"""Named SQL statements of the ingest stage (DuckDB)."""
+
+from __future__ import annotations
+
+LEDGER_ROW = """
+    SELECT size_bytes, status, layout, failed_reason, failed_detail, rows_total, rows_accepted,
+           rows_duplicate, rows_rejected
+    FROM ingested_files WHERE file_key = $file_key AND etag = $etag
+"""
+
+INSERT_LEDGER = """
+    INSERT INTO ingested_files (
+        file_key, etag, size_bytes, layout, format, status, failed_reason, failed_detail,
+        rows_total, rows_accepted, rows_duplicate, rows_rejected, arrived_at, ingested_at, run_id)
+    VALUES ($file_key, $etag, $size_bytes, $layout, $format, $status, $failed_reason, $failed_detail,
+            $rows_total, $rows_accepted, $rows_duplicate, $rows_rejected, $arrived_at, $ingested_at, $run_id)
+"""
+
+# The candidate batch is registered as the relation `batch`. Deduplication against history only scans
+# stored events inside the batch's event-time range ($ts_lo, $ts_hi): DuckDB prunes row groups on their
+# `ts` min/max, so the cost follows the batch's time window, not the size of the history.
+INSERT_NEW_CHARGEBEE_EVENTS = """
+    INSERT INTO usage_events
+    SELECT b.event_id, b.layout, b.event_name, b.customer_id, b.subscription_id, b.ts,
+           b.properties, b.source_file, b.source_etag, b.source_row, $ingested_at
+    FROM batch AS b
+    WHERE NOT EXISTS (
+        SELECT 1 FROM usage_events AS e
+        WHERE e.ts BETWEEN $ts_lo AND $ts_hi
+          AND e.layout = 'chargebee'
+          AND e.subscription_id = b.subscription_id
+          AND e.ts = b.ts
+          AND e.event_id = b.event_id)
+"""
+
+INSERT_NEW_STRIPE_EVENTS = """
+    INSERT INTO usage_events
+    SELECT b.event_id, b.layout, b.event_name, b.customer_id, b.subscription_id, b.ts,
+           b.properties, b.source_file, b.source_etag, b.source_row, $ingested_at
+    FROM batch AS b
+    WHERE NOT EXISTS (
+        SELECT 1 FROM usage_events AS e
+        WHERE e.ts BETWEEN $ts_lo AND $ts_hi
+          AND e.layout = 'stripe'
+          AND e.customer_id = b.customer_id
+          AND e.event_id = b.event_id)
+"""
+
+INSERT_REJECTS = """
+    INSERT INTO rejected_events
+    SELECT source_file, source_etag, source_row, error_code, error_message, raw_record, $ingested_at
+    FROM rejects
+"""
+
+# --- asset checks ------------------------------------------------------------------------------------
+
+# Ledger rows whose counts do not add up, or disagree with the rows actually stored for the file version.
+# `$since` limits the scan of the event tables to what this run wrote (ingested_at only grows, so DuckDB
+# skips older row groups).
+UNBALANCED_FILES = """
+    WITH run_files AS (
+        SELECT file_key, etag, rows_total, rows_accepted, rows_duplicate, rows_rejected
+        FROM ingested_files WHERE run_id = $run_id AND ingested_at >= $since),
+    stored AS (
+        SELECT source_file, source_etag, count(*) AS n FROM usage_events
+        WHERE ingested_at >= $since GROUP BY ALL),
+    rejected AS (
+        SELECT source_file, source_etag, count(*) AS n FROM rejected_events
+        WHERE ingested_at >= $since GROUP BY ALL)
+    SELECT f.file_key, f.etag, f.rows_total, f.rows_accepted, f.rows_duplicate, f.rows_rejected,
+           coalesce(s.n, 0) AS events_stored, coalesce(r.n, 0) AS rejects_stored
+    FROM run_files AS f
+    LEFT JOIN stored AS s ON s.source_file = f.file_key AND s.source_etag = f.etag
+    LEFT JOIN rejected AS r ON r.source_file = f.file_key AND r.source_etag = f.etag
+    WHERE f.rows_total <> f.rows_accepted + f.rows_duplicate + f.rows_rejected
+       OR coalesce(s.n, 0) <> f.rows_accepted
+       OR coalesce(r.n, 0) <> f.rows_rejected
+    ORDER BY f.file_key
+    LIMIT 50
+"""
+
+UNBALANCED_LEDGER_COUNT = """
+    SELECT count(*) FROM ingested_files
+    WHERE rows_total <> rows_accepted + rows_duplicate + rows_rejected
+"""
+
+OUTSTANDING_FAILED_KEYS = """
+    SELECT count(*) FROM (
+        SELECT file_key, arg_max(status, ingested_at) AS latest FROM ingested_files GROUP BY file_key)
+    WHERE latest = 'failed'
+"""
+
+RUN_EVENT_TIME_RANGE = """
+    SELECT min(ts), max(ts), count(*) FROM usage_events WHERE ingested_at >= $since
+"""
+
+# Dedup keys (SPEC 4) that occur more than once among stored events in a time range.
+DUPLICATE_KEYS = """
+    SELECT layout,
+           CASE layout WHEN 'stripe' THEN customer_id ELSE subscription_id END AS owner_id,
+           event_id,
+           CASE layout WHEN 'chargebee' THEN ts END AS key_ts,
+           count(*) AS copies,
+           string_agg(source_file || '#' || source_row, ', ') AS sources
+    FROM usage_events
+    WHERE ts BETWEEN $ts_lo AND $ts_hi
+    GROUP BY ALL
+    HAVING count(*) > 1
+    ORDER BY copies DESC, owner_id, event_id
+    LIMIT 20
+"""
+
+REJECT_CODE_COUNTS = """
+    SELECT error_code, count(*) AS n FROM rejected_events
+    WHERE ingested_at >= $since AND source_file IN (SELECT unnest($keys))
+    GROUP BY ALL ORDER BY n DESC
+"""
+
+REJECT_SAMPLES = """
+    SELECT source_file, source_row, error_code, error_message, left(raw_record, 200) AS raw_record
+    FROM rejected_events
+    WHERE ingested_at >= $since AND source_file IN (SELECT unnest($keys))
+    ORDER BY source_file, source_row
+    LIMIT $limit
+"""

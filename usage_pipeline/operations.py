@@ -1,0 +1,111 @@
+"""What the CLI does, as functions: one sensor evaluation plus its runs, and a period close."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+from filelock import FileLock, Timeout
+
+from usage_pipeline.ingest.assets import HOST_TAG, INGEST_JOB_NAME, PID_TAG
+from usage_pipeline.ingest.model import STATUS_FAILED
+from usage_pipeline.ingest.sensors import SENSOR_NAME, evaluate_sensor
+from usage_pipeline.ingest.store import FileOutcome
+from usage_pipeline.local_s3 import s3_client
+from usage_pipeline.settings import Settings
+from usage_pipeline.storage.connection import connect
+
+CLI_CURSOR_KEY = "usage_pipeline/cli_sensor_cursor"
+LAUNCHED_BY_TAG = "usage_pipeline/launched_by"
+RUN_KEY_TAG = "dagster/run_key"
+
+
+class IngestBusyError(RuntimeError):
+    """Another `usage-pipeline ingest` kept the lock for longer than the configured wait."""
+
+
+@dataclass
+class IngestResult:
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    failed_runs: list[str] = field(default_factory=list)
+    keys_listed: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """SPEC 9: 0 when every processed file ended well (or nothing was new), 1 when any failed."""
+        if self.failed_runs or any(o.status == STATUS_FAILED for o in self.outcomes):
+            return 1
+        return 0
+
+
+def _run_exists(instance: dg.DagsterInstance, run_key: str) -> bool:
+    runs = instance.get_runs(
+        dg.RunsFilter(job_name=INGEST_JOB_NAME, tags={RUN_KEY_TAG: run_key, LAUNCHED_BY_TAG: "cli"}), limit=1
+    )
+    return bool(runs)
+
+
+def _outcomes_of_runs(settings: Settings, run_ids: list[str]) -> list[FileOutcome]:
+    if not run_ids:
+        return []
+    with connect(settings.duckdb_path, settings.duckdb_lock_timeout.total_seconds()) as conn:
+        rows = conn.execute(
+            """SELECT file_key, etag, size_bytes, status, layout, failed_reason, failed_detail,
+                      rows_total, rows_accepted, rows_duplicate, rows_rejected
+               FROM ingested_files WHERE run_id IN (SELECT unnest($runs))
+               ORDER BY arrived_at, file_key""",
+            {"runs": run_ids},
+        ).fetchall()
+    return [FileOutcome(*row) for row in rows]
+
+
+def run_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, settings: Settings) -> IngestResult:
+    """One evaluation of the sensor's logic and the runs it requests, executed in this process.
+
+    The CLI keeps its own listing cursor in the instance (the daemon's sensor keeps its own), and holds a
+    lock for the whole evaluation so that two concurrent `ingest` commands take turns: the second one
+    waits, then finds nothing new. Runs are recorded in the instance, so they show in the UI.
+    """
+    lock_path = Path(os.environ["DAGSTER_HOME"]) / "usage_pipeline_ingest.lock"
+    lock = FileLock(str(lock_path), timeout=settings.duckdb_lock_timeout.total_seconds())
+    try:
+        lock.acquire()
+    except Timeout as exc:
+        raise IngestBusyError(
+            f"another `usage-pipeline ingest` has held {lock_path} for over "
+            f"{settings.duckdb_lock_timeout.total_seconds():.0f} s; giving up (USAGE_DUCKDB_LOCK_TIMEOUT)"
+        ) from exc
+    try:
+        cursor = instance.run_storage.get_cursor_values({CLI_CURSOR_KEY}).get(CLI_CURSOR_KEY)
+        outcome = evaluate_sensor(instance, s3_client(settings.s3_endpoint_url), settings, cursor)
+        # Like the daemon, the cursor is saved before the runs execute: a run that dies is retried by the
+        # next evaluation (failed-run retry), not rediscovered.
+        instance.run_storage.set_cursor_values({CLI_CURSOR_KEY: outcome.cursor.to_json()})
+        job = defs.resolve_job_def(INGEST_JOB_NAME)
+        result = IngestResult(keys_listed=outcome.keys_listed)
+        for request in outcome.run_requests:
+            assert request.run_key is not None
+            if _run_exists(instance, request.run_key):
+                continue
+            tags = {
+                **request.tags,
+                RUN_KEY_TAG: request.run_key,
+                LAUNCHED_BY_TAG: "cli",
+                "dagster/sensor_name": SENSOR_NAME,
+                HOST_TAG: socket.gethostname(),
+                PID_TAG: str(os.getpid()),
+            }
+            run = job.execute_in_process(
+                run_config=request.run_config, instance=instance, tags=tags, raise_on_error=False
+            )
+            result.run_ids.append(run.run_id)
+            if not run.success:
+                result.failed_runs.append(run.run_id)
+        result.outcomes = _outcomes_of_runs(settings, result.run_ids)
+        return result
+    finally:
+        lock.release()
