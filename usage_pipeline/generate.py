@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import json
+import random
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from usage_pipeline.ingest.model import Layout
+from usage_pipeline.ingest.model import (
+    REASON_UNKNOWN_LAYOUT,
+    REASON_UNREADABLE,
+    REASON_UNSUPPORTED,
+    STATUS_EMPTY,
+    STATUS_FAILED,
+    STATUS_SUCCEEDED,
+    STATUS_WITH_ERRORS,
+    FileStatus,
+    Layout,
+    missing_column,
+)
 
 FORMATS: tuple[str, ...] = ("csv", "json", "jsonl", "csv.gz", "json.gz", "jsonl.gz")
 DEFAULT_CUSTOMERS: tuple[str, ...] = ("cus_001", "cus_002")
 DEFAULT_SUBSCRIPTIONS: tuple[str, ...] = ("sub_daily_001",)
 DEFAULT_EVENT_NAMES: tuple[str, ...] = ("api_call", "llm_tokens")
+DEFAULT_FEATURES: tuple[str, ...] = ("storage", "seats", "api")
 
 # Each kind of bad row the generator can write, and the SPEC 3 row error code ingest must give it.
 # Bad times sit well outside the default windows (35 days back, 5 minutes ahead).
@@ -82,16 +98,31 @@ def _error_kinds(n: int, n_err: int, kinds: Sequence[str], seed: int) -> pl.Seri
     if n_err == 0:
         return none
     rows = pl.int_range(0, n, eager=True).sample(n_err, seed=seed)
-    labels = pl.Series([kinds[j % len(kinds)] for j in range(n_err)], dtype=pl.String)
+    labels = pl.Series([kinds[(seed + j) % len(kinds)] for j in range(n_err)], dtype=pl.String)
     return none.scatter(rows, labels)
 
 
-def _stripe_columns(n: int, tag: str, seed: int, end_s: int, span_s: int, arrival_s: int, **lists: Any) -> list:
-    h1, h2, kind = _rand(n, seed, 1), _rand(n, seed, 2), pl.col("_kind")
-    old, future = _bad_times(h1, arrival_s)
-    i = pl.int_range(0, n).cast(pl.String)
-    ts = pl.lit(end_s - span_s, pl.Int64) + (h1 % span_s).cast(pl.Int64)
-    identifier = pl.lit(f"evt_{tag}_") + i
+@dataclass(frozen=True)
+class _Rows:
+    """What the column builders need: row count, id prefix, seed, time window and the id lists."""
+
+    n: int
+    tag: str
+    seed: int
+    start_s: int  # good event times are in [start_s, start_s + span_s)
+    span_s: int
+    arrival_s: int
+    customers: Sequence[str]
+    subscriptions: Sequence[str]
+    event_names: Sequence[str]
+    features: Sequence[str]
+
+
+def _stripe_columns(r: _Rows) -> list[pl.Expr]:
+    h1, h2, kind = _rand(r.n, r.seed, 1), _rand(r.n, r.seed, 2), pl.col("_kind")
+    old, future = _bad_times(h1, r.arrival_s)
+    ts = pl.lit(r.start_s, pl.Int64) + (h1 % r.span_s).cast(pl.Int64)
+    identifier = pl.lit(f"evt_{r.tag}_") + pl.int_range(0, r.n).cast(pl.String)
     return [
         pl.when(kind == "long_identifier").then(identifier + "_" + "x" * 100).otherwise(identifier)
         .alias("identifier"),
@@ -101,39 +132,52 @@ def _stripe_columns(n: int, tag: str, seed: int, end_s: int, span_s: int, arriva
         .when(kind == "too_old").then(old.cast(pl.String))
         .when(kind == "in_future").then(future.cast(pl.String))
         .otherwise(ts.cast(pl.String)).alias("timestamp"),
-        _pick(lists["event_names"], h2).alias("event_name"),
+        _pick(r.event_names, h2).alias("event_name"),
         pl.when(kind == "empty_customer").then(None)
-        .otherwise(_pick(lists["customers"], h2 // (1 << 16))).alias("payload_stripe_customer_id"),
+        .otherwise(_pick(r.customers, h2 // (1 << 16))).alias("payload_stripe_customer_id"),
         pl.when(kind == "non_numeric_value").then(pl.lit("twelve"))
         .otherwise((1 + (h2 // (1 << 32)) % 1000).cast(pl.String)).alias("payload_value"),
     ]  # fmt: skip
 
 
-def _chargebee_columns(n: int, tag: str, seed: int, end_s: int, span_s: int, arrival_s: int, **lists: Any) -> list:
-    h1, h2, kind = _rand(n, seed, 1), _rand(n, seed, 2), pl.col("_kind")
-    old, future = _bad_times(h1, arrival_s)
-    # Milliseconds in [end - span, end - 1 s].
-    ts = pl.lit((end_s - span_s) * 1000, pl.Int64) + (h1 % max(span_s * 1000 - 999, 1)).cast(pl.Int64)
-    feature, amount = (h2 // (1 << 16)) % 3, (h2 // (1 << 32)) % 5000
-    properties = (
-        pl.when(feature == 0).then(pl.format('{{"feature":"storage","gb":{}}}', (amount / 10).round(1)))
-        .when(feature == 1).then(pl.format('{{"feature":"seats","user_id":"u_{}"}}', amount % 50))
-        .otherwise(pl.format('{{"feature":"api","value":{}}}', 1 + amount % 1000))
-    )  # fmt: skip
+def _properties(features: Sequence[str], h: pl.Expr) -> pl.Expr:
+    """Properties that the example meters filter on: storage -> gb, seats -> user_id, others -> value."""
+    if not features:
+        raise ValueError("need at least one feature")
+    which, amount = (h // (1 << 16)) % len(features), (h // (1 << 32)) % 5000
+    expr: Any = pl
+    for k, feature in enumerate(features):
+        head = '{{"feature":' + json.dumps(feature).replace("{", "{{").replace("}", "}}")
+        if feature == "storage":
+            body = pl.format(head + ',"gb":{}}}', (amount / 10).round(1))
+        elif feature == "seats":
+            body = pl.format(head + ',"user_id":"u_{}"}}', amount % 50)
+        else:
+            body = pl.format(head + ',"value":{}}}', 1 + amount % 1000)
+        expr = expr.when(which == k).then(body)
+    return expr.otherwise(None)
+
+
+def _chargebee_columns(r: _Rows) -> list[pl.Expr]:
+    h1, h2, kind = _rand(r.n, r.seed, 1), _rand(r.n, r.seed, 2), pl.col("_kind")
+    old, future = _bad_times(h1, r.arrival_s)
+    # Milliseconds in [start, start + span - 1 s].
+    ts = pl.lit(r.start_s * 1000, pl.Int64) + (h1 % max(r.span_s * 1000 - 999, 1)).cast(pl.Int64)
+    large = '{"feature":"storage","gb":1,"note":"' + "x" * 1100 + '"}'
     return [
         pl.when(kind == "empty_subscription").then(None)
-        .otherwise(_pick(lists["subscriptions"], h2)).alias("subscription_id"),
+        .otherwise(_pick(r.subscriptions, h2)).alias("subscription_id"),
         pl.when(kind == "empty_timestamp").then(None)
         .when(kind == "fractional_timestamp").then(ts.cast(pl.String) + ".5")
         .when(kind == "seconds_timestamp").then((ts // 1000).cast(pl.String))
         .when(kind == "too_old").then((old * 1000).cast(pl.String))
         .when(kind == "in_future").then((future * 1000).cast(pl.String))
         .otherwise(ts.cast(pl.String)).alias("usage_timestamp"),
-        (pl.lit(f"dd_{tag}_") + pl.int_range(0, n).cast(pl.String)).alias("deduplication_id"),
+        (pl.lit(f"dd_{r.tag}_") + pl.int_range(0, r.n).cast(pl.String)).alias("deduplication_id"),
         pl.when(kind == "properties_array").then(pl.lit('["storage",1]'))
         .when(kind == "properties_string").then(pl.lit('"storage"'))
-        .when(kind == "large_properties").then(pl.lit('{"feature":"storage","gb":1,"note":"' + "x" * 1100 + '"}'))
-        .otherwise(properties).alias("properties"),
+        .when(kind == "large_properties").then(pl.lit(large))
+        .otherwise(_properties(r.features, h2)).alias("properties"),
     ]  # fmt: skip
 
 
@@ -148,16 +192,18 @@ def generate_usage_frame(
     customers: Sequence[str] = DEFAULT_CUSTOMERS,
     subscriptions: Sequence[str] = DEFAULT_SUBSCRIPTIONS,
     event_names: Sequence[str] = DEFAULT_EVENT_NAMES,
+    features: Sequence[str] = DEFAULT_FEATURES,
     time_span: timedelta = timedelta(days=1),
     window_end: datetime | None = None,
     key_hint: str = "",
 ) -> pl.DataFrame:
-    """The rows of a synthetic file as text columns, plus `_error_code` and `_duplicate` (the truth).
+    """The rows of a synthetic file as text columns, plus the truth: `_error_code` and `_duplicate`.
 
     Good event times fall in [window_end - time_span, window_end - 1 s] (window_end defaults to arrival);
-    bad times are placed relative to `arrival`. Exactly round(rows * error_rate) rows are bad and
-    round(rows * duplicate_rate) rows repeat the dedup key (the whole row) of an earlier good row.
-    With no errors and no duplicates, row i depends only on (seed, key_hint, i).
+    bad times are placed relative to `arrival`. Exactly round(rows * error_rate) rows are bad, the kinds of
+    STRIPE_ERROR_KINDS / CHARGEBEE_ERROR_KINDS in turn, and round(rows * duplicate_rate) rows repeat a whole
+    earlier good row (so its dedup key). With no errors and no duplicates, row i depends only on
+    (seed, key_hint, i): a smaller file with the same seed and key_hint is a prefix of a larger one.
     """
     if layout not in COLUMNS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(COLUMNS)}")
@@ -168,35 +214,33 @@ def generate_usage_frame(
     # Keep one good row to copy when duplicates are asked for.
     n_err = min(round(rows * error_rate), n_orig - (1 if n_dup else 0))
     kinds = STRIPE_ERROR_KINDS if layout == "stripe" else CHARGEBEE_ERROR_KINDS
-    build = _stripe_columns if layout == "stripe" else _chargebee_columns
-    end_s = int((window_end or arrival).timestamp())
     span_s = max(int(time_span.total_seconds()), 1)
-    columns = build(
-        n_orig, _tag(seed, key_hint), seed, end_s, span_s, int(arrival.timestamp()),
-        customers=customers, subscriptions=subscriptions, event_names=event_names,
+    spec = _Rows(
+        n=n_orig, tag=_tag(seed, key_hint), seed=seed,
+        start_s=int((window_end or arrival).timestamp()) - span_s, span_s=span_s,
+        arrival_s=int(arrival.timestamp()), customers=customers, subscriptions=subscriptions,
+        event_names=event_names, features=features,
     )  # fmt: skip
-    frame = (
-        pl.DataFrame({"_kind": _error_kinds(n_orig, n_err, list(kinds), seed)})
-        .select(
-            *columns,
-            pl.col("_kind").replace_strict(kinds, default=None, return_dtype=pl.String).alias("_error_code"),
-            pl.lit(False).alias("_duplicate"),
-        )
+    columns = _stripe_columns(spec) if layout == "stripe" else _chargebee_columns(spec)
+    frame = pl.DataFrame({"_kind": _error_kinds(n_orig, n_err, list(kinds), seed)}).select(
+        *columns,
+        pl.col("_kind").replace_strict(kinds, default=None, return_dtype=pl.String).alias("_error_code"),
+        pl.lit(False).alias("_duplicate"),
     )
     if n_dup == 0:
         return frame
     # Each duplicate copies a random good row and lands at a random place after it.
-    good = frame.select(pl.int_range(0, n_orig).alias("i"), "_error_code").filter(pl.col("_error_code").is_null())
-    sources = good.get_column("i").sample(n_dup, with_replacement=True, seed=seed + 1)
-    after = pl.Series(sources).cast(pl.UInt64)
-    place = pl.select(
-        (after + 1 + _rand(n_dup, seed, 3) % (n_orig - after)).cast(pl.Int64) * 2 - 1
-    ).to_series()
-    copies = frame.gather(sources).with_columns(pl.lit(True).alias("_duplicate"), place.alias("_order"))
+    good = pl.int_range(0, n_orig, eager=True).filter(frame.get_column("_error_code").is_null())
+    sources = good.sample(n_dup, with_replacement=True, seed=seed + 1)
+    after = sources.cast(pl.UInt64)
+    place = pl.select((after + 1 + _rand(n_dup, seed, 3) % (n_orig - after)).cast(pl.Int64) * 2 - 1)
+    copies = frame.gather(sources).with_columns(
+        pl.lit(True).alias("_duplicate"), place.to_series().alias("_o")
+    )
     return (
-        pl.concat([frame.with_columns((pl.int_range(0, n_orig) * 2).alias("_order")), copies])
-        .sort("_order", maintain_order=True)
-        .drop("_order")
+        pl.concat([frame.with_columns((pl.int_range(0, n_orig) * 2).alias("_o")), copies])
+        .sort("_o", maintain_order=True)
+        .drop("_o")
     )
 
 
@@ -205,7 +249,7 @@ def _quoted(expr: pl.Expr, null: str = '""') -> pl.Expr:
     return pl.when(expr.is_null()).then(pl.lit(null)).otherwise(pl.lit('"') + escaped + '"')
 
 
-def _json_lines(frame: pl.DataFrame, layout: Layout) -> pl.Series:
+def _json_lines(frame: pl.DataFrame, layout: Layout) -> pl.DataFrame:
     """One compact JSON object per row; Stripe rows carry the nested `payload` object."""
     col = pl.col
     if layout == "stripe":
@@ -227,30 +271,61 @@ def _json_lines(frame: pl.DataFrame, layout: Layout) -> pl.Series:
             "}",
         ]  # fmt: skip
     exprs = [pl.lit(p) if isinstance(p, str) else p for p in parts]
-    return frame.select(pl.concat_str(exprs).alias("line")).to_series()
+    return frame.select(pl.concat_str(exprs).alias("line"))
+
+
+def _write_csv(frame: pl.DataFrame, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_csv(buffer, **options)
+    return buffer.getvalue()
 
 
 def serialize(frame: pl.DataFrame, layout: Layout, fmt: str) -> bytes:
-    """The bytes of a file in `fmt` (csv / json / jsonl, optionally .gz); `_`-prefixed columns are left out."""
+    """A file's bytes in `fmt` (csv / json / jsonl / ndjson, each optionally .gz); `_` columns left out."""
     base, gz = (fmt.removesuffix(".gz"), True) if fmt.endswith(".gz") else (fmt, False)
     visible = frame.select(COLUMNS[layout])
     if base == "csv":
-        data = visible.write_csv().encode()
+        data = _write_csv(visible)
     elif base in ("json", "jsonl", "ndjson"):
         lines = _json_lines(visible, layout)
         if base == "json":
-            data = ("[" + lines.str.join(",\n").item() + "]\n").encode() if len(lines) else b"[]"
-        else:
-            data = (lines.str.join("\n").item() + "\n").encode() if len(lines) else b""
+            not_last = pl.int_range(pl.len()) < pl.len() - 1
+            lines = lines.select(pl.when(not_last).then(pl.col("line") + ",").otherwise(pl.col("line")))
+        # Already JSON text: the CSV writer with no quoting is just a fast, multi-threaded line writer.
+        data = _write_csv(lines, include_header=False, quote_style="never")
+        if base == "json":
+            data = b"[" + data + b"]\n"
     else:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    # mtime=0 keeps gzip output deterministic for a seed.
+    # mtime=0 keeps the gzip bytes deterministic for a seed.
     return gzip.compress(data, compresslevel=6, mtime=0) if gz else data
 
 
-def generate_usage_file(*, layout: Layout, fmt: str, rows: int, arrival: datetime, **options: Any) -> bytes:
-    """A synthetic usage file's bytes; `options` are generate_usage_frame's keywords (seed, rates, ids…)."""
-    return serialize(generate_usage_frame(layout=layout, rows=rows, arrival=arrival, **options), layout, fmt)
+def generate_usage_file(
+    *,
+    layout: Layout,
+    fmt: str,
+    rows: int,
+    arrival: datetime,
+    seed: int = 0,
+    error_rate: float = 0.0,
+    duplicate_rate: float = 0.0,
+    customers: Sequence[str] = DEFAULT_CUSTOMERS,
+    subscriptions: Sequence[str] = DEFAULT_SUBSCRIPTIONS,
+    event_names: Sequence[str] = DEFAULT_EVENT_NAMES,
+    features: Sequence[str] = DEFAULT_FEATURES,
+    time_span: timedelta = timedelta(days=1),
+    window_end: datetime | None = None,
+    key_hint: str = "",
+) -> bytes:
+    """A synthetic usage file's bytes: generate_usage_frame's rows serialized as `fmt` (see FORMATS)."""
+    frame = generate_usage_frame(
+        layout=layout, rows=rows, arrival=arrival, seed=seed, error_rate=error_rate,
+        duplicate_rate=duplicate_rate, customers=customers, subscriptions=subscriptions,
+        event_names=event_names, features=features, time_span=time_span, window_end=window_end,
+        key_hint=key_hint,
+    )  # fmt: skip
+    return serialize(frame, layout, fmt)
 
 
 def write_files(target: str, files: Mapping[str, bytes], s3_client: Any = None) -> list[str]:
@@ -279,3 +354,104 @@ def write_files(target: str, files: Mapping[str, bytes], s3_client: Any = None) 
         client.put_object(Bucket=bucket, Key=full, Body=data)
         keys.append(full)
     return keys
+
+
+# The bundled catalog's demo ids (see the top comment of usage_pipeline/catalog/example.yaml).
+DEMO_CUSTOMERS: tuple[str, ...] = ("cus_daily_001", "cus_daily_002")
+DEMO_SUBSCRIPTIONS: tuple[str, ...] = ("sub_daily_cb_001",)
+DEMO_EVENT_NAMES: tuple[str, ...] = ("api_call", "llm_tokens")
+DEMO_FEATURES: tuple[str, ...] = ("storage", "seats")
+# A customer priced for api_call only (JPY) and one the catalog does not know: metering exceptions.
+DEMO_OTHER_CUSTOMERS: tuple[str, ...] = ("cus_daily_004", "cus_unknown_999")
+
+
+@dataclass(frozen=True)
+class DemoFile:
+    """One demo file and what ingesting the set in key order should record for it."""
+
+    data: bytes
+    expected_status: FileStatus
+    failed_reason: str | None = None
+    rows_total: int = 0
+    rows_duplicate: int = 0  # within the file and against the files before it
+    errors: Mapping[str, int] = field(default_factory=dict)  # row error code -> rows
+
+
+def _demo_file(frame: pl.DataFrame, layout: Layout, fmt: str, *, resent: bool = False) -> DemoFile:
+    codes = frame.get_column("_error_code").drop_nulls().value_counts()
+    errors = dict(
+        zip(codes.get_column("_error_code").to_list(), codes.get_column("count").to_list(), strict=True)
+    )
+    duplicates = frame.height if resent else int(frame.get_column("_duplicate").sum())
+    status = STATUS_WITH_ERRORS if errors else STATUS_SUCCEEDED
+    return DemoFile(serialize(frame, layout, fmt), status, None, frame.height, duplicates, errors)
+
+
+def demo_set(arrival: datetime, seed: int = 7) -> dict[str, DemoFile]:
+    """The `usage-pipeline demo` files (relative keys) with their expected outcomes.
+
+    Good events fall on the UTC day before `arrival`, so closing today's partition (daily periods ending
+    today 00:00) bills them. Keys sort in upload order: a `*-z-resent` file repeats rows of an earlier one.
+    """
+    day_end = arrival.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    common = {"arrival": arrival, "window_end": day_end, "time_span": timedelta(days=1)}
+    ids = {"customers": DEMO_CUSTOMERS, "subscriptions": DEMO_SUBSCRIPTIONS, "event_names": DEMO_EVENT_NAMES}
+    plan: list[tuple[str, Layout, int, dict[str, Any]]] = [
+        ("stripe/usage-a.csv", "stripe", 400, {"duplicate_rate": 0.02}),
+        ("stripe/usage-b.json", "stripe", 200, {}),
+        ("stripe/usage-c.jsonl", "stripe", 200, {}),
+        ("stripe/usage-d.csv.gz", "stripe", 200, {}),
+        (f"stripe/{day_end - timedelta(days=1):%Y/%m/%d}/usage-e.jsonl.gz", "stripe", 150, {}),
+        ("stripe/bad-rows.csv", "stripe", 100, {"error_rate": 0.16}),
+        ("stripe/other-customers.csv", "stripe", 60,
+         {"customers": DEMO_OTHER_CUSTOMERS, "event_names": ("api_call",)}),
+        ("chargebee/usage-a.csv", "chargebee", 300, {"duplicate_rate": 0.02}),
+        ("chargebee/usage-b.json", "chargebee", 150, {}),
+        ("chargebee/usage-c.jsonl", "chargebee", 150, {}),
+        ("chargebee/usage-d.csv.gz", "chargebee", 150, {}),
+        ("chargebee/usage-e.ndjson", "chargebee", 100, {}),
+        ("chargebee/bad-rows.jsonl", "chargebee", 90, {"error_rate": 0.2}),
+    ]  # fmt: skip
+    files: dict[str, DemoFile] = {}
+    frames: dict[str, pl.DataFrame] = {}
+    for n, (key, layout, rows, options) in enumerate(plan):
+        fmt = key.rsplit("/", 1)[-1].split(".", 1)[1]
+        frame = generate_usage_frame(
+            layout=layout, rows=rows, seed=seed + n, key_hint=key, features=DEMO_FEATURES,
+            **common, **{**ids, **options},
+        )  # fmt: skip
+        frames[key] = frame
+        files[key] = _demo_file(frame, layout, fmt)
+    # Re-sent rows: the same events again, in another format, later in upload order.
+    files["stripe/usage-z-resent.jsonl"] = _demo_file(
+        frames["stripe/usage-a.csv"].slice(100, 50), "stripe", "jsonl", resent=True
+    )
+    files["chargebee/usage-z-resent.csv"] = _demo_file(
+        frames["chargebee/usage-a.csv"].slice(50, 40), "chargebee", "csv", resent=True
+    )
+    garbage = b"\x00\xff" + random.Random(seed).randbytes(510)
+    no_customer = (
+        frames["stripe/usage-b.json"]
+        .slice(0, 20)
+        .select("identifier", "timestamp", "event_name", "payload_value")
+    )
+    header_only = serialize(frames["stripe/usage-a.csv"].clear(), "stripe", "csv")
+    failed = STATUS_FAILED
+    files.update({
+        "edge-cases/corrupt.csv.gz": DemoFile(b"\x1f\x8b\x08\x00" + garbage, failed, REASON_UNREADABLE),
+        "edge-cases/garbage.json": DemoFile(garbage, failed, REASON_UNREADABLE),
+        "edge-cases/unknown-layout.csv": DemoFile(b"a,b,c\n1,2,3\n4,5,6\n", failed, REASON_UNKNOWN_LAYOUT),
+        "edge-cases/missing-column.csv": DemoFile(
+            _write_csv(no_customer), failed, missing_column("payload_stripe_customer_id")
+        ),
+        "edge-cases/empty.csv": DemoFile(b"", STATUS_EMPTY),
+        "edge-cases/header-only.csv": DemoFile(header_only, STATUS_EMPTY),
+        "edge-cases/empty-array.json": DemoFile(b"[]", STATUS_EMPTY),
+        "edge-cases/notes.txt": DemoFile(b"usage notes, not a usage file\n", failed, REASON_UNSUPPORTED),
+    })  # fmt: skip
+    return files
+
+
+def demo_files(arrival: datetime, seed: int = 7) -> dict[str, bytes]:
+    """The bytes of the `usage-pipeline demo` files by relative key (a few thousand rows in all)."""
+    return {key: demo.data for key, demo in demo_set(arrival, seed).items()}

@@ -44,7 +44,7 @@ class IngestResult:
 
 def _run_exists(instance: dg.DagsterInstance, run_key: str) -> bool:
     runs = instance.get_runs(
-        dg.RunsFilter(job_name=INGEST_JOB_NAME, tags={RUN_KEY_TAG: run_key, LAUNCHED_BY_TAG: "cli"}), limit=1
+        dg.RunsFilter(job_name=INGEST_JOB_NAME, tags={RUN_KEY_TAG: run_key}), limit=1
     )
     return bool(runs)
 
@@ -70,7 +70,7 @@ def run_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, settings: Set
     lock for the whole evaluation so that two concurrent `ingest` commands take turns: the second one
     waits, then finds nothing new. Runs are recorded in the instance, so they show in the UI.
     """
-    lock_path = Path(os.environ["DAGSTER_HOME"]) / "usage_pipeline_ingest.lock"
+    lock_path = Path(instance.root_directory) / "usage_pipeline_ingest.lock"
     lock = FileLock(str(lock_path), timeout=settings.duckdb_lock_timeout.total_seconds())
     try:
         lock.acquire()

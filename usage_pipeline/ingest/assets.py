@@ -1,6 +1,5 @@
 """Dagster assets of the ingest stage: one multi-asset loads a batch of file versions into DuckDB."""
 
-from __future__ import annotations
 
 import os
 import socket
@@ -62,7 +61,7 @@ class FileVersionConfig(dg.Config):
     size: int
     last_modified: str  # ISO 8601, UTC
 
-    def to_version(self) -> FileVersion:
+    def to_version(self) -> "FileVersion":
         return FileVersion(self.key, self.etag, self.size, datetime.fromisoformat(self.last_modified))
 
     @classmethod
@@ -116,7 +115,7 @@ def ingest_usage_files(
     """Load, validate and deduplicate the run's file versions into DuckDB, one transaction per file."""
     # Lets the sensor recognise this run as dead if its process is killed (the default run launcher
     # cannot tell), so that its files are retried.
-    context.instance.add_run_tags(context.run_id, {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    context.instance.add_run_tags(context.run.run_id, {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
     cfg = settings.get()
     client = s3.get_client()
     files = [f.to_version() for f in config.files]
@@ -137,7 +136,7 @@ def ingest_usage_files(
             conn=conn,
             max_file_bytes=cfg.max_file_bytes,
             limits=ValidationLimits(cfg.max_event_age, cfg.max_future_skew),
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             stripe_dedup_window=cfg.stripe_dedup_window,
             on_file=log,
         )
@@ -149,7 +148,7 @@ def ingest_usage_files(
                 conn, report.outcomes, since
             ),
             ("ingested_files", "row_counts_balance", dg.AssetCheckSeverity.ERROR): quality.row_counts_balance(
-                conn, context.run_id, since
+                conn, context.run.run_id, since
             ),
             ("usage_events", "dedup_keys_unique", dg.AssetCheckSeverity.ERROR): quality.dedup_keys_unique(
                 conn, since, cfg.stripe_dedup_window

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import duckdb
+from polars.exceptions import PanicException
 
 from usage_pipeline.ingest.files import classify_file
 from usage_pipeline.ingest.model import REASON_UNREADABLE, FileVersion, ParsedFile, ValidationLimits
@@ -64,7 +65,7 @@ def load_file(file: FileVersion, fetch: Fetch, max_file_bytes: int, limits: Vali
         assert fmt is not None
     try:
         return parse_file(data, read, fmt, limits)
-    except Exception as exc:  # a parser bug on odd input must not stop the other files of the run
+    except (Exception, PanicException) as exc:  # a parser bug on odd input must not stop the run
         return failed_file(read, fmt, REASON_UNREADABLE, f"could not be parsed: {type(exc).__name__}: {exc}")
 
 

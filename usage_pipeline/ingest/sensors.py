@@ -1,6 +1,5 @@
 """The S3 sensor: discover new file versions, request bounded ingest runs, and retry runs that died."""
 
-from __future__ import annotations
 
 import hashlib
 import os

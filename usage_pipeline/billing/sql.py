@@ -1,0 +1,130 @@
+"""Named SQL of the billing stage: line items and pending invoices of a close date, and their checks."""
+
+from __future__ import annotations
+
+# The stored closed periods and metered usage of one close date: the input of rating.
+CREATE_STORED_PERIODS = """
+    CREATE OR REPLACE TEMP TABLE rt_stored_periods AS
+    SELECT subscription_id, customer_id, period_start, period_end
+    FROM closed_periods WHERE close_date = $close_date
+"""
+CREATE_STORED_USAGE = """
+    CREATE OR REPLACE TEMP TABLE rt_stored_usage AS
+    SELECT subscription_id, meter_id, period_start, period_end, quantity, event_count
+    FROM meter_usage WHERE close_date = $close_date
+"""
+
+# One candidate line per (period, price of the subscription): a flat fee always (quantity 1), a metered
+# price only when its meter counted at least one event in the period (Chargebee rule, SPEC 7).
+# `{periods}` / `{usage}` are relation names chosen by the code, never configuration.
+CREATE_CANDIDATES = """
+    CREATE OR REPLACE TEMP TABLE rt_candidates AS
+    SELECT p.subscription_id, p.customer_id, p.period_start, p.period_end,
+           sp.price_id, pr.meter_id, pr.currency, pr.pricing_model,
+           CAST(CASE WHEN pr.meter_id IS NULL THEN 1 ELSE u.quantity END AS DECIMAL(38, 12)) AS quantity
+    FROM {periods} AS p
+    JOIN rt_cat_subscription_prices AS sp ON sp.subscription_id = p.subscription_id
+    JOIN rt_cat_prices AS pr ON pr.price_id = sp.price_id
+    LEFT JOIN {usage} AS u
+      ON u.subscription_id = p.subscription_id AND u.meter_id = pr.meter_id
+     AND u.period_end = p.period_end
+    WHERE pr.meter_id IS NULL OR u.event_count > 0
+"""
+
+# What Python has to price: each distinct (price, quantity) once.
+DISTINCT_RATINGS = "SELECT DISTINCT price_id, quantity FROM rt_candidates"
+
+# Deterministic ids: the invoice of a (subscription, period end) keeps its id across re-closes, and so
+# does each of its lines (one per price). Documented in the README; tests recompute them with hashlib.
+INVOICE_ID = (
+    "'inv_' || left(sha256(c.subscription_id || '|' || strftime(c.period_end, '%Y-%m-%dT%H:%M:%S.%fZ')), 20)"
+)
+
+CREATE_LINES = f"""
+    CREATE OR REPLACE TEMP TABLE rt_lines AS
+    WITH ided AS (
+        SELECT {INVOICE_ID} AS invoice_id, c.*, r.amount, r.tiers
+        FROM rt_candidates AS c
+        JOIN rt_ratings AS r ON r.price_id = c.price_id AND r.quantity = c.quantity)
+    SELECT 'li_' || left(sha256(invoice_id || '|' || price_id), 20) AS line_item_id, *
+    FROM ided
+"""
+
+CREATE_INVOICES = """
+    CREATE OR REPLACE TEMP TABLE rt_invoices AS
+    SELECT invoice_id, subscription_id, customer_id, period_start, period_end, currency,
+           CAST(sum(amount) AS DECIMAL(38, 4)) AS total, count(*) AS line_count
+    FROM rt_lines
+    GROUP BY invoice_id, subscription_id, customer_id, period_start, period_end, currency
+"""
+
+DELETE_CLOSE_DATE = {
+    table: f"DELETE FROM {table} WHERE close_date = $close_date"
+    for table in ("invoice_line_items", "pending_invoices")
+}
+
+INSERT_LINES = """
+    INSERT INTO invoice_line_items (line_item_id, invoice_id, close_date, subscription_id, customer_id,
+                                    price_id, meter_id, period_start, period_end, quantity, amount,
+                                    currency, pricing_model, tiers, status, closed_at)
+    SELECT line_item_id, invoice_id, $close_date, subscription_id, customer_id, price_id, meter_id,
+           period_start, period_end, quantity, amount, currency, pricing_model, tiers, 'pending', $closed_at
+    FROM rt_lines
+"""
+
+INSERT_INVOICES = """
+    INSERT INTO pending_invoices (invoice_id, close_date, subscription_id, customer_id, period_start,
+                                  period_end, currency, total, line_count, status, closed_at)
+    SELECT invoice_id, $close_date, subscription_id, customer_id, period_start, period_end, currency,
+           total, line_count, 'pending', $closed_at
+    FROM rt_invoices
+"""
+
+TOTALS_BY_CURRENCY = """
+    SELECT currency, CAST(sum(total) AS DECIMAL(38, 4)) AS total, count(*) AS invoices,
+           CAST(sum(line_count) AS BIGINT) AS lines
+    FROM rt_invoices GROUP BY currency ORDER BY currency
+"""
+
+DROP_WORKSPACE = [
+    f"DROP TABLE IF EXISTS {t}"
+    for t in ("rt_stored_periods", "rt_stored_usage", "rt_candidates", "rt_lines", "rt_invoices")
+]
+
+# --- checks on a stored close date ------------------------------------------------------------------
+
+# Invoices whose total or line count disagrees with their stored lines (or that have no line at all).
+INVOICE_TOTAL_MISMATCHES = """
+    SELECT i.invoice_id, i.subscription_id, i.currency, i.total, i.line_count,
+           coalesce(l.total, 0) AS lines_total, coalesce(l.n, 0) AS lines
+    FROM pending_invoices AS i
+    LEFT JOIN (SELECT invoice_id, sum(amount) AS total, count(*) AS n FROM invoice_line_items
+               WHERE close_date = $close_date GROUP BY invoice_id) AS l ON l.invoice_id = i.invoice_id
+    WHERE i.close_date = $close_date
+      AND (l.invoice_id IS NULL OR i.total <> l.total OR i.line_count <> l.n)
+    ORDER BY i.invoice_id
+"""
+
+# Metered lines with no metered event behind them in the lineage table.
+LINES_WITHOUT_EVENTS = """
+    SELECT li.line_item_id, li.invoice_id, li.subscription_id, li.price_id, li.meter_id, li.period_end
+    FROM invoice_line_items AS li
+    WHERE li.close_date = $close_date AND li.meter_id IS NOT NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM metered_events AS me
+          WHERE me.close_date = li.close_date AND me.subscription_id = li.subscription_id
+            AND me.meter_id = li.meter_id AND me.period_end = li.period_end)
+    ORDER BY li.line_item_id
+"""
+
+# Usage exceptions of a close date: counts per code, and a few samples of each.
+EXCEPTION_COUNTS = """
+    SELECT code, count(*) AS n FROM usage_exceptions WHERE close_date = $close_date
+    GROUP BY code ORDER BY code
+"""
+EXCEPTION_SAMPLES = """
+    SELECT code, event_id, subscription_id, customer_id, meter_id, source_file, source_row, detail
+    FROM usage_exceptions WHERE close_date = $close_date
+    QUALIFY row_number() OVER (PARTITION BY code ORDER BY source_file, source_row, meter_id) <= $per_code
+    ORDER BY code, source_file, source_row
+"""

@@ -1,0 +1,114 @@
+"""One file version's bytes -> a ParsedFile: decompress, read with polars, detect the layout, validate."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+
+import polars as pl
+
+from usage_pipeline.ingest.layouts import (
+    as_text,
+    detect_layout,
+    first_missing_column,
+    flatten_payload,
+    layout_columns,
+)
+from usage_pipeline.ingest.model import (
+    REASON_UNKNOWN_LAYOUT,
+    REASON_UNREADABLE,
+    FileVersion,
+    ParsedFile,
+    ValidationLimits,
+    missing_column,
+)
+from usage_pipeline.ingest.validate import validate_rows
+
+__all__ = ["parse_file"]
+
+_FORMAT_NAMES = {"csv": "CSV", "json": "a JSON array of objects", "jsonl": "JSON Lines"}
+_LEADING_SPACE = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*")
+_MAX_DETAIL_CHARS = 300
+
+
+class _NotRecords(ValueError):
+    """The document parsed, but it is not a list of records."""
+
+
+def parse_file(data: bytes, file: FileVersion, fmt: str, limits: ValidationLimits) -> ParsedFile:
+    """Turn the bytes of `file` (format as from classify_file, e.g. "csv.gz") into events and rejected rows.
+
+    Bad data never raises: an unreadable file, an unknown layout or a missing column is a `failed` ParsedFile,
+    a file without records is `empty`, and each bad row is a reject with its error code.
+    """
+
+    def failed(reason: str, detail: str, layout: str | None = None) -> ParsedFile:
+        return ParsedFile(
+            file=file, status="failed", format=fmt, layout=layout, failed_reason=reason, failed_detail=detail
+        )
+
+    if fmt.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            return failed(REASON_UNREADABLE, f"The file is not valid gzip: {exc}.")
+    base = fmt.removesuffix(".gz")
+    if not data or data.isspace():
+        return ParsedFile(file=file, status="empty", format=fmt)
+    try:
+        raw = _read(data, base)
+    except _NotRecords as exc:
+        return failed(REASON_UNREADABLE, str(exc))
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
+        return failed(REASON_UNREADABLE, f"The file is not valid {_FORMAT_NAMES[base]}: {_shorten(exc)}")
+    if raw.height == 0 or raw.width == 0:  # a CSV header only, `[]`, `{}`
+        return ParsedFile(file=file, status="empty", format=fmt)
+
+    frame = raw if base == "csv" else flatten_payload(raw)
+    spec, detail = detect_layout(frame.columns)
+    if spec is None:
+        return failed(REASON_UNKNOWN_LAYOUT, detail or REASON_UNKNOWN_LAYOUT)
+    missing = first_missing_column(spec, frame.columns)
+    if missing is not None:
+        return failed(
+            missing_column(missing),
+            f"The file looks like the {spec.label} layout but has no {missing!r} column.",
+            spec.name,
+        )
+    text = as_text(frame, layout_columns(spec, frame.columns))
+    events, rejects, duplicates = validate_rows(text, raw, spec, file, limits)
+    return ParsedFile(
+        file=file,
+        status="ok",
+        format=fmt,
+        layout=spec.name,
+        rows_total=raw.height,
+        rows_duplicate_in_file=duplicates,
+        events=events,
+        rejects=rejects,
+    )
+
+
+def _read(data: bytes, fmt: str) -> pl.DataFrame:
+    if fmt == "csv":
+        # Every column as text: validation must see "1.0" or "1e9" as written, not as a parsed number.
+        return pl.read_csv(data, infer_schema=False)
+    if fmt == "jsonl":
+        return pl.read_ndjson(data, infer_schema_length=None)
+    start = _LEADING_SPACE.match(data).end()  # type: ignore[union-attr]
+    first = data[start : start + 1]
+    if first == b"[":
+        return pl.read_json(data, infer_schema_length=None)
+    if first == b"{":
+        single = pl.read_json(data)
+        if single.width == 0:
+            return single  # `{}`: no records
+        raise _NotRecords("The file holds one JSON object; a .json usage file must be an array of objects.")
+    raise _NotRecords("The file does not start with a JSON array; a .json usage file must be an array of objects.")
+
+
+def _shorten(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"

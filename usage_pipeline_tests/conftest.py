@@ -1,0 +1,60 @@
+"""Shared fixtures: a real S3 server on loopback, a temporary DuckDB file and a Dagster test instance."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from usage_pipeline.local_s3 import local_s3, s3_client
+from usage_pipeline.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1: the code under test speaks real HTTP to it."""
+    with local_s3() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3(s3_endpoint: str):
+    return s3_client(s3_endpoint)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"usage-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def settings(tmp_path: Path, bucket: str, s3_endpoint: str) -> Settings:
+    return Settings(
+        bucket=bucket,
+        prefix="incoming/",
+        s3_endpoint_url=s3_endpoint,
+        duckdb_path=str(tmp_path / "usage.duckdb"),
+        duckdb_lock_timeout=120,
+    )
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as inst:
+        yield inst
+
+
+def put(s3, bucket: str, key: str, body: bytes | str) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=body.encode() if isinstance(body, str) else body)
+
+
+def now_s() -> int:
+    return int(datetime.now(UTC).timestamp())
