@@ -104,7 +104,7 @@ def _error_kinds(n: int, n_err: int, kinds: Sequence[str], seed: int) -> pl.Seri
 
 @dataclass(frozen=True)
 class _Rows:
-    """What the column builders need: row count, id prefix, seed, time window and the id lists."""
+    """What the column builders need: row count, id prefix, seed, time window, ids and the bad rows."""
 
     n: int
     tag: str
@@ -116,28 +116,45 @@ class _Rows:
     subscriptions: Sequence[str]
     event_names: Sequence[str]
     features: Sequence[str]
+    kinds: frozenset[str]  # the error kinds present: branches for absent kinds are left out (speed)
+
+    def by_kind(self, cases: Mapping[str, Any], default: Any) -> pl.Expr:
+        """`default`, replaced on the rows of each present error kind by its case (None = empty field)."""
+        expr: Any = pl
+        for kind, value in cases.items():
+            if kind in self.kinds:
+                expr = expr.when(pl.col("_kind") == kind).then(value)
+        return default if expr is pl else expr.otherwise(default)
+
+
+def _timestamp(r: _Rows, good: pl.Expr, unit: int, wrong_unit: tuple[str, int | float]) -> pl.Expr:
+    """Epoch text in `unit` per second; the bad kinds get a wrong unit, a fraction, or a bad time."""
+    h = _rand(r.n, r.seed, 1)
+    old, future = _bad_times(h, r.arrival_s)
+    wrong, factor = wrong_unit
+    number = r.by_kind(
+        {wrong: (good * factor).cast(pl.Int64), "too_old": old * unit, "in_future": future * unit}, good
+    )
+    fraction = r.by_kind({"fractional_timestamp": pl.lit(".5")}, pl.lit(""))
+    return r.by_kind({"empty_timestamp": None}, number.cast(pl.String) + fraction)
 
 
 def _stripe_columns(r: _Rows) -> list[pl.Expr]:
-    h1, h2, kind = _rand(r.n, r.seed, 1), _rand(r.n, r.seed, 2), pl.col("_kind")
-    old, future = _bad_times(h1, r.arrival_s)
+    h1, h2 = _rand(r.n, r.seed, 1), _rand(r.n, r.seed, 2)
     ts = pl.lit(r.start_s, pl.Int64) + (h1 % r.span_s).cast(pl.Int64)
     identifier = pl.lit(f"evt_{r.tag}_") + pl.int_range(0, r.n).cast(pl.String)
+    value = (1 + (h2 // (1 << 32)) % 1000).cast(pl.String)
     return [
-        pl.when(kind == "long_identifier").then(identifier + "_" + "x" * 100).otherwise(identifier)
-        .alias("identifier"),
-        pl.when(kind == "empty_timestamp").then(None)
-        .when(kind == "fractional_timestamp").then(ts.cast(pl.String) + ".5")
-        .when(kind == "milliseconds_timestamp").then((ts * 1000).cast(pl.String))
-        .when(kind == "too_old").then(old.cast(pl.String))
-        .when(kind == "in_future").then(future.cast(pl.String))
-        .otherwise(ts.cast(pl.String)).alias("timestamp"),
+        (identifier + r.by_kind({"long_identifier": pl.lit("_" + "x" * 100)}, pl.lit(""))).alias(
+            "identifier"
+        ),
+        _timestamp(r, ts, 1, ("milliseconds_timestamp", 1000)).alias("timestamp"),
         _pick(r.event_names, h2).alias("event_name"),
-        pl.when(kind == "empty_customer").then(None)
-        .otherwise(_pick(r.customers, h2 // (1 << 16))).alias("payload_stripe_customer_id"),
-        pl.when(kind == "non_numeric_value").then(pl.lit("twelve"))
-        .otherwise((1 + (h2 // (1 << 32)) % 1000).cast(pl.String)).alias("payload_value"),
-    ]  # fmt: skip
+        r.by_kind({"empty_customer": None}, _pick(r.customers, h2 // (1 << 16))).alias(
+            "payload_stripe_customer_id"
+        ),
+        r.by_kind({"non_numeric_value": pl.lit("twelve")}, value).alias("payload_value"),
+    ]
 
 
 def _properties(features: Sequence[str], h: pl.Expr) -> pl.Expr:
@@ -159,26 +176,20 @@ def _properties(features: Sequence[str], h: pl.Expr) -> pl.Expr:
 
 
 def _chargebee_columns(r: _Rows) -> list[pl.Expr]:
-    h1, h2, kind = _rand(r.n, r.seed, 1), _rand(r.n, r.seed, 2), pl.col("_kind")
-    old, future = _bad_times(h1, r.arrival_s)
+    h1, h2 = _rand(r.n, r.seed, 1), _rand(r.n, r.seed, 2)
     # Milliseconds in [start, start + span - 1 s].
     ts = pl.lit(r.start_s * 1000, pl.Int64) + (h1 % max(r.span_s * 1000 - 999, 1)).cast(pl.Int64)
-    large = '{"feature":"storage","gb":1,"note":"' + "x" * 1100 + '"}'
+    bad_properties = {
+        "properties_array": pl.lit('["storage",1]'),
+        "properties_string": pl.lit('"storage"'),
+        "large_properties": pl.lit('{"feature":"storage","gb":1,"note":"' + "x" * 1100 + '"}'),
+    }
     return [
-        pl.when(kind == "empty_subscription").then(None)
-        .otherwise(_pick(r.subscriptions, h2)).alias("subscription_id"),
-        pl.when(kind == "empty_timestamp").then(None)
-        .when(kind == "fractional_timestamp").then(ts.cast(pl.String) + ".5")
-        .when(kind == "seconds_timestamp").then((ts // 1000).cast(pl.String))
-        .when(kind == "too_old").then((old * 1000).cast(pl.String))
-        .when(kind == "in_future").then((future * 1000).cast(pl.String))
-        .otherwise(ts.cast(pl.String)).alias("usage_timestamp"),
+        r.by_kind({"empty_subscription": None}, _pick(r.subscriptions, h2)).alias("subscription_id"),
+        _timestamp(r, ts, 1000, ("seconds_timestamp", 0.001)).alias("usage_timestamp"),
         (pl.lit(f"dd_{r.tag}_") + pl.int_range(0, r.n).cast(pl.String)).alias("deduplication_id"),
-        pl.when(kind == "properties_array").then(pl.lit('["storage",1]'))
-        .when(kind == "properties_string").then(pl.lit('"storage"'))
-        .when(kind == "large_properties").then(pl.lit(large))
-        .otherwise(_properties(r.features, h2)).alias("properties"),
-    ]  # fmt: skip
+        r.by_kind(bad_properties, _properties(r.features, h2)).alias("properties"),
+    ]
 
 
 def generate_usage_frame(
@@ -215,58 +226,69 @@ def generate_usage_frame(
     n_err = min(round(rows * error_rate), n_orig - (1 if n_dup else 0))
     kinds = STRIPE_ERROR_KINDS if layout == "stripe" else CHARGEBEE_ERROR_KINDS
     span_s = max(int(time_span.total_seconds()), 1)
+    bad = _error_kinds(n_orig, n_err, list(kinds), seed)
     spec = _Rows(
         n=n_orig, tag=_tag(seed, key_hint), seed=seed,
         start_s=int((window_end or arrival).timestamp()) - span_s, span_s=span_s,
         arrival_s=int(arrival.timestamp()), customers=customers, subscriptions=subscriptions,
-        event_names=event_names, features=features,
+        event_names=event_names, features=features, kinds=frozenset(bad.drop_nulls().unique()),
     )  # fmt: skip
     columns = _stripe_columns(spec) if layout == "stripe" else _chargebee_columns(spec)
-    frame = pl.DataFrame({"_kind": _error_kinds(n_orig, n_err, list(kinds), seed)}).select(
+    frame = pl.DataFrame({"_kind": bad}).select(
         *columns,
         pl.col("_kind").replace_strict(kinds, default=None, return_dtype=pl.String).alias("_error_code"),
         pl.lit(False).alias("_duplicate"),
     )
     if n_dup == 0:
         return frame
-    # Each duplicate copies a random good row and lands at a random place after it.
+    # Each duplicate copies a random good row and lands at a random place after it: order the row
+    # numbers by position (originals at even places, copies at odd ones) and gather once.
     good = pl.int_range(0, n_orig, eager=True).filter(frame.get_column("_error_code").is_null())
     sources = good.sample(n_dup, with_replacement=True, seed=seed + 1)
     after = sources.cast(pl.UInt64)
     place = pl.select((after + 1 + _rand(n_dup, seed, 3) % (n_orig - after)).cast(pl.Int64) * 2 - 1)
-    copies = frame.gather(sources).with_columns(
-        pl.lit(True).alias("_duplicate"), place.to_series().alias("_o")
-    )
-    return (
-        pl.concat([frame.with_columns((pl.int_range(0, n_orig) * 2).alias("_o")), copies])
-        .sort("_o", maintain_order=True)
-        .drop("_o")
-    )
+    order = pl.DataFrame(
+        {
+            "row": pl.concat([pl.int_range(0, n_orig, eager=True), sources]),
+            "place": pl.concat([pl.int_range(0, n_orig, eager=True) * 2, place.to_series()]),
+        }
+    ).with_columns(copy=pl.int_range(pl.len()) >= n_orig)
+    order = order.sort("place", maintain_order=True)
+    return frame.gather(order.get_column("row")).with_columns(_duplicate=order.get_column("copy"))
 
 
-def _quoted(expr: pl.Expr, null: str = '""') -> pl.Expr:
-    escaped = expr.str.replace_all("\\", "\\\\", literal=True).str.replace_all('"', '\\"', literal=True)
-    return pl.when(expr.is_null()).then(pl.lit(null)).otherwise(pl.lit('"') + escaped + '"')
+def _quoted(frame: pl.DataFrame, column: str, null: str = '""') -> pl.Expr:
+    """The column as JSON strings; only a column with quotes, backslashes or controls pays for json.dumps."""
+    expr = pl.col(column)
+    if frame.select(expr.str.contains(r'["\\\x00-\x1f]').any()).item():
+        text = expr.map_elements(json.dumps, return_dtype=pl.String)
+    else:
+        text = pl.lit('"') + expr + '"'
+    return pl.when(expr.is_null()).then(pl.lit(null)).otherwise(text)
 
 
 def _json_lines(frame: pl.DataFrame, layout: Layout) -> pl.DataFrame:
     """One compact JSON object per row; Stripe rows carry the nested `payload` object."""
     col = pl.col
+
+    def quoted(column: str, null: str = '""') -> pl.Expr:
+        return _quoted(frame, column, null)
+
     if layout == "stripe":
         value = pl.when(col("payload_value").str.contains(r"^-?[0-9]+(\.[0-9]+)?$"))
         parts = [
-            '{"identifier":', _quoted(col("identifier")),
+            '{"identifier":', quoted("identifier"),
             ',"timestamp":', col("timestamp").fill_null("null"),
-            ',"event_name":', _quoted(col("event_name")),
-            ',"payload":{"stripe_customer_id":', _quoted(col("payload_stripe_customer_id")),
-            ',"value":', value.then(col("payload_value")).otherwise(_quoted(col("payload_value"), "null")),
+            ',"event_name":', quoted("event_name"),
+            ',"payload":{"stripe_customer_id":', quoted("payload_stripe_customer_id"),
+            ',"value":', value.then(col("payload_value")).otherwise(quoted("payload_value", "null")),
             "}}",
         ]  # fmt: skip
     else:
         parts = [
-            '{"subscription_id":', _quoted(col("subscription_id")),
+            '{"subscription_id":', quoted("subscription_id"),
             ',"usage_timestamp":', col("usage_timestamp").fill_null("null"),
-            ',"deduplication_id":', _quoted(col("deduplication_id")),
+            ',"deduplication_id":', quoted("deduplication_id"),
             ',"properties":', col("properties"),
             "}",
         ]  # fmt: skip

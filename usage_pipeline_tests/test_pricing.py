@@ -70,6 +70,7 @@ def test_per_unit_and_flat_fee() -> None:
     assert rate(PER_UNIT, D(1001)).unrounded == D("1.5015")
     assert rate(FLAT, D(0)).amount == D("49.00")
     assert rate(FLAT, D(12345)).amount == D("49.00")  # a flat fee ignores the quantity
+    assert rate(FLAT, None).amount == D("49.00")
 
 
 def test_graduated_breakdown_names_each_reached_tier() -> None:
@@ -151,6 +152,13 @@ def test_rating_rounds_to_the_price_currency() -> None:
     assert str(rate(bhd, D(0)).amount) == "0.000"
 
 
+def test_prices_with_the_same_id_but_other_terms_are_rated_apart() -> None:
+    # Ratings are memoised; two catalogs may define the same price id differently.
+    cheap = Price(id="same", meter="m", currency="USD", model="per_unit", unit_amount="1")
+    dear = Price(id="same", meter="m", currency="USD", model="per_unit", unit_amount="2")
+    assert (rate(cheap, D(3)).amount, rate(dear, D(3)).amount) == (D(3), D(6))
+
+
 def test_invalid_quantities_are_refused() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         rate(PER_UNIT, D(-1))
@@ -158,6 +166,8 @@ def test_invalid_quantities_are_refused() -> None:
         rate(PER_UNIT, D("NaN"))
     with pytest.raises(TypeError):
         rate(PER_UNIT, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        rate(PER_UNIT, None)
     assert rate(PER_UNIT, 1000).amount == D("1.50")  # ints are fine
 
 

@@ -31,14 +31,40 @@ def _text(value: Decimal) -> str:
     return format(EXACT.normalize(value), "f") if value else "0"
 
 
-def _tier_entry(number: int, lower: Decimal, tier: Tier, units: Decimal, amount: Decimal) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class _TierPlan:
+    """A tier with its lower bound and the breakdown texts that do not depend on the quantity."""
+
+    number: str
+    lower: Decimal
+    up_to: Decimal | None
+    unit_amount: Decimal
+    flat_amount: Decimal
+    texts: tuple[str, str, str, str]  # from, up_to, unit_amount, flat_amount
+
+
+@lru_cache(maxsize=1024)
+def _plans(tiers: tuple[Tier, ...]) -> tuple[_TierPlan, ...]:
+    plans: list[_TierPlan] = []
+    lower = _ZERO
+    for number, tier in enumerate(tiers, start=1):
+        up_to_text = "inf" if tier.up_to is None else _text(tier.up_to)
+        texts = (_text(lower), up_to_text, _text(tier.unit_amount), _text(tier.flat_amount))
+        plans.append(_TierPlan(str(number), lower, tier.up_to, tier.unit_amount, tier.flat_amount, texts))
+        if tier.up_to is not None:
+            lower = tier.up_to
+    return tuple(plans)
+
+
+def _tier_entry(plan: _TierPlan, units: Decimal, amount: Decimal) -> dict[str, str]:
+    lower, up_to, unit_amount, flat_amount = plan.texts
     return {
-        "tier": str(number),
-        "from": _text(lower),
-        "up_to": "inf" if tier.up_to is None else _text(tier.up_to),
+        "tier": plan.number,
+        "from": lower,
+        "up_to": up_to,
         "units": _text(units),
-        "unit_amount": _text(tier.unit_amount),
-        "flat_amount": _text(tier.flat_amount),
+        "unit_amount": unit_amount,
+        "flat_amount": flat_amount,
         "amount": _text(amount),
     }
 
@@ -48,41 +74,35 @@ def _graduated(price: Price, quantity: Decimal) -> tuple[Decimal, list[dict[str,
     # the previous up_to. Each reached tier prices the units inside it and adds its flat amount.
     total = _ZERO
     parts: list[dict[str, str]] = []
-    lower = _ZERO
-    for number, tier in enumerate(price.tiers or (), start=1):
-        if number > 1 and quantity <= lower:
+    for plan in _plans(price.tiers or ()):
+        lower = plan.lower
+        if plan.number != "1" and quantity <= lower:
             break
-        top = quantity if tier.up_to is None or quantity < tier.up_to else tier.up_to
+        top = quantity if plan.up_to is None or quantity < plan.up_to else plan.up_to
         units = EXACT.subtract(top, lower) if top > lower else _ZERO
-        amount = EXACT.add(EXACT.multiply(units, tier.unit_amount), tier.flat_amount)
+        amount = EXACT.add(EXACT.multiply(units, plan.unit_amount), plan.flat_amount)
         total = EXACT.add(total, amount)
-        parts.append(_tier_entry(number, lower, tier, units, amount))
-        if tier.up_to is None:
-            break
-        lower = tier.up_to
+        parts.append(_tier_entry(plan, units, amount))
     return total, parts
 
 
-def _tier_of_total(price: Price, quantity: Decimal) -> tuple[int, Decimal, Tier]:
-    """The tier the total falls in: (1-based number, its lower bound, the tier)."""
-    lower = _ZERO
-    tiers = price.tiers or ()
-    for number, tier in enumerate(tiers, start=1):
-        if tier.up_to is None or quantity <= tier.up_to:
-            return number, lower, tier
-        lower = tier.up_to
+def _tier_of_total(price: Price, quantity: Decimal) -> _TierPlan:
+    """The tier the total falls in: the first whose up_to is at least the quantity."""
+    for plan in _plans(price.tiers or ()):
+        if plan.up_to is None or quantity <= plan.up_to:
+            return plan
     raise AssertionError(f"price {price.id!r}: no tier with up_to null")  # the catalog forbids this
 
 
 def _volume(price: Price, quantity: Decimal) -> tuple[Decimal, list[dict[str, str]]]:
-    number, lower, tier = _tier_of_total(price, quantity)
-    amount = EXACT.add(EXACT.multiply(quantity, tier.unit_amount), tier.flat_amount)
-    return amount, [_tier_entry(number, lower, tier, quantity, amount)]
+    plan = _tier_of_total(price, quantity)
+    amount = EXACT.add(EXACT.multiply(quantity, plan.unit_amount), plan.flat_amount)
+    return amount, [_tier_entry(plan, quantity, amount)]
 
 
 def _stairstep(price: Price, quantity: Decimal) -> tuple[Decimal, list[dict[str, str]]]:
-    number, lower, tier = _tier_of_total(price, quantity)
-    return tier.flat_amount, [_tier_entry(number, lower, tier, quantity, tier.flat_amount)]
+    plan = _tier_of_total(price, quantity)
+    return plan.flat_amount, [_tier_entry(plan, quantity, plan.flat_amount)]
 
 
 def _package(price: Price, quantity: Decimal) -> tuple[Decimal, list[dict[str, str]]]:
@@ -125,20 +145,29 @@ _MODELS: dict[str, Callable[[Price, Decimal], tuple[Decimal, list[dict[str, str]
 }
 
 
-@lru_cache(maxsize=65536)
+# Small on purpose: the hits that matter are repeated quantities of one price (flat fees, small counts); a
+# large memo of breakdown dicts would cost more in garbage-collector scans than it saves.
+@lru_cache(maxsize=4096)
 def _rate(price: Price, quantity: Decimal) -> Rating:
     unrounded, breakdown = _MODELS[price.model](price, quantity)
     return Rating(round_money(unrounded, price.currency), unrounded, tuple(breakdown))
 
 
-def rate(price: Price, quantity: Decimal | int) -> Rating:
-    """Price `quantity` (ignored by a flat fee) with exact decimals; only the line total is rounded."""
+def rate(price: Price, quantity: Decimal | int | None) -> Rating:
+    """Price `quantity` with exact decimals; only the line total is rounded.
+
+    A flat fee ignores the quantity (None is accepted for it); every other model needs a finite,
+    non-negative Decimal or int.
+    """
+    if price.model == "flat_fee" and quantity is None:
+        return _rate(price, _ZERO)
     if isinstance(quantity, bool) or not isinstance(quantity, Decimal | int):
-        raise TypeError(f"quantity must be a Decimal or an int, got {type(quantity).__name__}")
+        raise TypeError(f"price {price.id!r}: quantity must be a Decimal or an int, got {quantity!r}")
     if isinstance(quantity, int):
         quantity = Decimal(quantity)
     if not quantity.is_finite() or quantity < 0:
         raise ValueError(
             f"price {price.id!r}: quantity must be a finite, non-negative number, got {quantity}"
         )
-    return _rate(price, quantity)
+    # A flat fee's rating does not depend on the quantity: one memo entry serves every period.
+    return _rate(price, _ZERO if price.model == "flat_fee" else quantity)

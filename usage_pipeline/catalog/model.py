@@ -51,6 +51,10 @@ class CatalogError(ValueError):
         header = f"{where} is invalid ({count} problem{'s' if count != 1 else ''}):"
         super().__init__("\n".join([header, *(f"  - {p}" for p in self.problems)]))
 
+    def __reduce__(self) -> tuple[type[CatalogError], tuple[tuple[str, ...], str | None]]:
+        # Rebuild from the problems, not the message, when the error crosses a process boundary.
+        return (type(self), (self.problems, self.source))
+
 
 class _FieldProblems(ValueError):
     """Several (field, message) problems found by one model validator, reported one per line."""
@@ -133,29 +137,22 @@ class Price(BaseModel):
             raise _FieldProblems(problems)
         return self
 
-    def __hash__(self) -> int:
-        # Prices key the rating memo; hashing every field on each call would dominate the cost.
-        return self._hash
-
-    @cached_property
-    def _hash(self) -> int:
-        return hash(tuple(getattr(self, name) for name in type(self).model_fields))
-
 
 def _tier_problems(tiers: tuple[Tier, ...], model: str) -> list[str]:
     if not tiers:
         return ["needs at least one tier"]
     problems: list[str] = []
     previous: Decimal | None = None
-    for index, tier in enumerate(tiers[:-1]):
+    for number, tier in enumerate(tiers, start=1):
         if tier.up_to is None:
-            problems.append(f"tier {index + 1}: only the last tier may have up_to: null")
-        elif previous is not None and tier.up_to <= previous:
+            if number < len(tiers):
+                problems.append(f"tier {number}: only the last tier may have up_to: null")
+            continue
+        if previous is not None and tier.up_to <= previous:
             problems.append(
-                f"tier {index + 1}: up_to {tier.up_to} must be greater than the previous tier's {previous}"
+                f"tier {number}: up_to {tier.up_to} must be greater than the previous tier's {previous}"
             )
-        if tier.up_to is not None:
-            previous = tier.up_to
+        previous = tier.up_to
     if tiers[-1].up_to is not None:
         problems.append("the last tier must have up_to: null")
     if model == "stairstep":
@@ -346,7 +343,11 @@ def _validate_entries(
             valid.append(model.model_validate(raw))
             labels.append(label)
         except ValidationError as exc:
-            problems.extend(_error_lines(label, model, exc))
+            lines = _error_lines(label, model, exc)
+            if section == "subscriptions" and raw.get("billing_anchor") is None:
+                # The anchor defaulted to started_at: its problem is already reported under started_at.
+                lines = [line for line in lines if not line.startswith(f"{label}.billing_anchor:")]
+            problems.extend(lines)
             broken.add(str(raw.get("id")))
     return valid, labels, problems, broken
 

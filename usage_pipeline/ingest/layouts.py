@@ -110,6 +110,22 @@ def _scalar_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return expr.cast(pl.String)
 
 
+def payload_members(columns: list[str]) -> list[tuple[str, pl.Expr, pl.DataType]]:
+    """Stripe's properties as JSON object members: the payload_* text fields but the customer, unprefixed."""
+    return [
+        (c.removeprefix(PAYLOAD_PREFIX), pl.col(c), pl.String())
+        for c in columns
+        if c.startswith(PAYLOAD_PREFIX) and c != STRIPE_CUSTOMER
+    ]
+
+
+def encode_members(members: list[tuple[str, pl.Expr, pl.DataType]]) -> pl.Expr:
+    """The JSON object of `members` by polars' own encoder: faster than json_object, but writes null values."""
+    if not members:
+        return pl.lit("{}")
+    return pl.struct(value.alias(key) for key, value, _ in members).struct.json_encode()
+
+
 def json_object(members: list[tuple[str, pl.Expr, pl.DataType]]) -> pl.Expr:
     """A compact JSON object per row from (key, value, dtype); null values are left out, not written as null.
 

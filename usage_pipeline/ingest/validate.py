@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import polars as pl
 
 from usage_pipeline.ingest.layouts import (
-    PAYLOAD_PREFIX,
     STRIPE,
     STRIPE_CUSTOMER,
     LayoutSpec,
+    encode_members,
     json_object,
+    payload_members,
 )
 from usage_pipeline.ingest.model import EVENT_SCHEMA, REJECT_SCHEMA, FileVersion, ValidationLimits
 
@@ -25,28 +27,36 @@ _MIN_MS = -62_135_596_800_000
 _MAX_MS = 253_402_300_799_999
 
 _INTEGER = r"^[+-]?\d+$"
-_DECIMAL = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+_BLANK_OR_DECIMAL = r"^\s*(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)?\s*$"
 # More significant digits than allowed: from the first non-zero digit of the mantissa to a later non-zero
-# one (leading and trailing zeros are not significant). Applied only to text that already is a decimal.
-_TOO_PRECISE = rf"^[+-]?[0.]*[1-9](?:\.?\d){{{MAX_SIGNIFICANT_DIGITS - 1},}}\.?[1-9]"
+# one (leading and trailing zeros are not significant). Only read for text that is a decimal.
+_TOO_PRECISE = rf"^\s*[+-]?[0.]*[1-9](?:\.?\d){{{MAX_SIGNIFICANT_DIGITS - 1},}}\.?[1-9]"
 # JSON whitespace outside string literals; the replacement keeps the literals (group 1) as they are.
 _JSON_LAYOUT_SPACE = r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+'
 
+# Working columns, next to the layout's own.
 _ROW = "__row"
-_TS_TEXT = "__ts_text"
 _TS = "__ts"
 _TS_MS = "__ts_ms"
 _PROPS = "__properties"
-_ID_PRESENT = "__id_present"
+_PROPS_GAP = "__properties_gap"
+_JSON_OK = "__json_ok"
 _VALUE = "__value"
+_VALUE_TEXT_OK = "__value_text_ok"
+_TOO_PRECISE_COL = "__too_precise"
+_ID_LONG = "__id_long"
 _RULE = "__rule"
 _EVENT_ID = "__event_id"
+
+
+def _present_col(name: str) -> str:
+    return f"__present_{name}"
 
 
 @dataclass(frozen=True)
 class _Rule:
     code: str
-    broken: pl.Expr  # true where the row breaks the rule, over the prepared columns
+    broken: pl.Expr  # true where the row breaks the rule, over the working columns
     message: pl.Expr  # evaluated on rejected rows only
 
 
@@ -57,44 +67,100 @@ def validate_rows(
 
     `raw` is the frame as read, row for row with `text`; rejected rows are reported from it.
     """
+    # The costly string checks are independent columns of one context, so polars runs them in parallel.
+    checked = text.lazy().with_columns(_checks(spec, text.columns)).collect()
+    checked = checked.with_columns(_fixes(spec, checked))
     rules = _rules(spec, text.columns, file, limits)
     prepared = (
-        text.lazy()
-        .with_columns(_prepare(spec, text.columns))
+        checked.lazy()
         .with_columns(_timestamp_ms(spec))
-        .with_columns(pl.coalesce(pl.when(r.broken).then(pl.lit(i, pl.Int8)) for i, r in enumerate(rules)).alias(_RULE))
+        .with_columns(
+            pl.coalesce(pl.when(r.broken).then(pl.lit(i, pl.Int8)) for i, r in enumerate(rules)).alias(_RULE),
+            _event_id(spec, checked, file).alias(_EVENT_ID),
+        )
         .collect()
     )
     rejected = prepared[_RULE].is_not_null()
     rejects = _rejects(prepared.filter(rejected), raw.filter(rejected), rules, file)
-    valid = prepared.filter(~rejected).with_columns(_event_id(spec, text.columns, file).alias(_EVENT_ID))
     key = [STRIPE_CUSTOMER, _EVENT_ID] if spec is STRIPE else ["subscription_id", _TS_MS, _EVENT_ID]
-    unique = valid.filter(pl.struct(key).is_first_distinct())
-    return _events(unique, spec, file), rejects, valid.height - unique.height
+    keep = _first_occurrences(prepared.select(key), ~rejected)
+    events = _events(prepared, spec, file).filter(keep)
+    return events, rejects, prepared.height - rejects.height - events.height
 
 
-def _prepare(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
-    ts_text = pl.col(spec.timestamp).str.strip_chars()
+def _checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
+    """Working columns computed over every row; values that need a second look are fixed by _fixes."""
     exprs = [
         pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(_ROW),
-        ts_text.alias(_TS_TEXT),
         # An integer epoch is exactly what this cast accepts (sign and ASCII digits); overflow gives null too.
-        ts_text.cast(pl.Int64, strict=False).alias(_TS),
+        pl.col(spec.timestamp).cast(pl.Int64, strict=False).alias(_TS),
     ]
-    if spec is STRIPE:
-        members = [
-            (c.removeprefix(PAYLOAD_PREFIX), pl.col(c), pl.String())
-            for c in columns
-            if c.startswith(PAYLOAD_PREFIX) and c != STRIPE_CUSTOMER
+    exprs += [_present(name).alias(_present_col(name)) for name in spec.required]
+    if spec is not STRIPE:
+        return [
+            *exprs,
+            pl.col("properties").str.replace_all(_JSON_LAYOUT_SPACE, "$1").alias(_PROPS),
+            pl.col("properties").str.json_path_match("$").is_not_null().alias(_JSON_OK),
         ]
-        exprs.append(json_object(members).alias(_PROPS))
-        if "identifier" in columns:
-            exprs.append(_present("identifier").alias(_ID_PRESENT))
-        if "payload_value" in columns:
-            exprs.append(pl.col("payload_value").str.strip_chars().alias(_VALUE))
-    else:
-        exprs.append(pl.col("properties").str.replace_all(_JSON_LAYOUT_SPACE, "$1").alias(_PROPS))
+    members = payload_members(columns)
+    exprs += [
+        encode_members(members).alias(_PROPS),
+        pl.any_horizontal(pl.lit(False), *(value.is_null() for _, value, _ in members)).alias(_PROPS_GAP),
+    ]
+    if "identifier" in columns:
+        exprs += [
+            _present("identifier").alias(_present_col("identifier")),
+            (pl.col("identifier").str.len_chars() > MAX_IDENTIFIER_CHARS).alias(_ID_LONG),
+        ]
+    if "payload_value" in columns:
+        value = pl.col("payload_value")
+        exprs += [
+            value.cast(pl.Float64, strict=False).alias(_VALUE),
+            value.str.contains(_BLANK_OR_DECIMAL).alias(_VALUE_TEXT_OK),
+            value.str.contains(_TOO_PRECISE).alias(_TOO_PRECISE_COL),
+        ]
     return exprs
+
+
+def _fixes(spec: LayoutSpec, checked: pl.DataFrame) -> list[pl.Series]:
+    """Second looks at the few rows the fast path got wrong: padded numbers, Stripe payloads with gaps."""
+
+    def trimmed(column: str, source: str, dtype: pl.DataType) -> pl.Series:
+        rows = (checked[column].is_null() & checked[source].is_not_null()).arg_true()
+        return _patch(checked, column, rows, pl.col(source).str.strip_chars().cast(dtype, strict=False))
+
+    fixes = [trimmed(_TS, spec.timestamp, pl.Int64())]
+    if spec is STRIPE:
+        # polars' encoder writes null for an empty cell; those rows are rebuilt without the key.
+        members = payload_members(checked.columns)
+        fixes.append(_patch(checked, _PROPS, checked[_PROPS_GAP].arg_true(), json_object(members)))
+        if "payload_value" in checked.columns:
+            fixes.append(trimmed(_VALUE, "payload_value", pl.Float64()))
+    return fixes
+
+
+def _patch(frame: pl.DataFrame, column: str, rows: pl.Series, expr: pl.Expr) -> pl.Series:
+    """`frame[column]` with `expr`, evaluated on those `rows` (indices) only, written over them."""
+    if not rows.len():
+        return frame[column]
+    return frame[column].scatter(rows, frame[rows].select(expr).to_series())
+
+
+def _first_occurrences(keys: pl.DataFrame, eligible: pl.Series) -> pl.Series:
+    """True for the eligible rows that are the first eligible row with their key, in row order.
+
+    Looking for repeated hashes of the key is several times faster than distinct on the strings; only the
+    rows whose hash repeats are then compared exactly, so a hash collision cannot drop an event.
+    """
+    hashes = keys.select(pl.struct(pl.all()).hash()).to_series()
+    candidates = hashes.filter(eligible)
+    if candidates.n_unique() == candidates.len():
+        return eligible
+    ordered = candidates.sort()
+    repeated = ordered.filter(ordered == ordered.shift(1)).unique()
+    suspects = (eligible & hashes.is_in(repeated.implode())).arg_true()
+    exact = keys[suspects].select(pl.struct(pl.all()).is_first_distinct()).to_series()
+    return eligible.scatter(suspects, exact)
 
 
 def _timestamp_ms(spec: LayoutSpec) -> pl.Expr:
@@ -107,6 +173,131 @@ def _timestamp_ms(spec: LayoutSpec) -> pl.Expr:
 def _present(name: str) -> pl.Expr:
     """Not null and not only whitespace: an empty cell counts as an absent field."""
     return pl.col(name).str.contains(r"\S").fill_null(False)
+
+
+def _event_id(spec: LayoutSpec, checked: pl.DataFrame, file: FileVersion) -> pl.Expr:
+    if spec is not STRIPE:
+        return pl.col("deduplication_id")
+    # Derived from (file key, row) so that re-ingesting the same file gives the same ids and dedupes.
+    derived = pl.format("{}#{}", pl.lit(file.key), pl.col(_ROW))
+    present = _present_col("identifier")
+    if present not in checked.columns:
+        return derived
+    if checked[present].all():  # the usual file: every row has its identifier, nothing to derive
+        return pl.col("identifier")
+    return pl.when(pl.col(present)).then(pl.col("identifier")).otherwise(derived)
+
+
+def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: ValidationLimits) -> list[_Rule]:
+    """The row checks in SPEC 3 precedence order: a rejected row gets the first rule it breaks."""
+    field = spec.timestamp
+    ts_text = pl.col(field).str.strip_chars()
+    ts, ts_ms = pl.col(_TS), pl.col(_TS_MS)
+    arrived_ms = int(file.last_modified.timestamp() * 1000)
+    age_ms = int(limits.max_event_age.total_seconds() * 1000)
+    skew_ms = int(limits.max_future_skew.total_seconds() * 1000)
+    iso_time = ts_ms.cast(pl.Datetime("ms")).dt.to_string("%Y-%m-%dT%H:%M:%S%.fZ")
+    unit, other_unit = ("seconds", "milliseconds") if spec is STRIPE else ("milliseconds", "seconds")
+
+    rules = [
+        _Rule("missing_required_field", ~pl.col(_present_col(name)), pl.lit(f"{name} is missing or empty"))
+        for name in spec.required
+    ]
+    rules.append(
+        _Rule(
+            "invalid_timestamp",
+            ts.is_null(),
+            pl.when(ts_text.str.contains(_INTEGER))
+            .then(pl.format(f"{field} {{}} is outside the range of a 64-bit integer", ts_text))
+            .otherwise(
+                pl.format(f'{field} "{{}}" is not an integer number of {unit} since the Unix epoch', _snippet(ts_text))
+            ),
+        )
+    )
+    wrong_unit = pl.format(f"{field} {{}} looks like {other_unit}; the {spec.label} layout wants {unit}", ts)
+    out_of_range = pl.format(f"{field} {{}} is outside the dates a timestamp can hold (years 1 to 9999)", ts)
+    if spec is STRIPE:
+        rules += [
+            _Rule("invalid_timestamp", ts >= UNIT_THRESHOLD, wrong_unit),
+            _Rule("invalid_timestamp", ts < _MIN_MS // 1000, out_of_range),
+        ]
+    else:
+        rules += [
+            _Rule("invalid_timestamp", ts < UNIT_THRESHOLD, wrong_unit),
+            _Rule("invalid_timestamp", ts > _MAX_MS, out_of_range),
+        ]
+    rules += [
+        _Rule(
+            "timestamp_too_far_in_past",
+            ts_ms < arrived_ms - age_ms,
+            pl.format(
+                f"{field} is {{}}, {{}} before the file arrived (limit {{}})",
+                iso_time,
+                _human_duration(arrived_ms - ts_ms),
+                _human_duration(pl.lit(age_ms)),
+            ),
+        ),
+        _Rule(
+            "timestamp_in_future",
+            ts_ms > arrived_ms + skew_ms,
+            pl.format(
+                f"{field} is {{}}, {{}} after the file arrived (limit {{}})",
+                iso_time,
+                _human_duration(ts_ms - arrived_ms),
+                _human_duration(pl.lit(skew_ms)),
+            ),
+        ),
+    ]
+    if spec is STRIPE:
+        rules += _stripe_rules(columns)
+    else:
+        rules.append(
+            _Rule(
+                "invalid_properties",
+                ~(pl.col(_JSON_OK) & pl.col(_PROPS).str.starts_with("{")),
+                pl.format("properties {} is not a JSON object", _snippet(pl.col("properties"))),
+            )
+        )
+    size = pl.col(_PROPS).str.len_bytes()
+    rules.append(
+        _Rule(
+            "properties_too_large",
+            size > MAX_PROPERTIES_BYTES,
+            pl.format(f"properties are {{}} bytes as compact JSON; the limit is {MAX_PROPERTIES_BYTES} bytes", size),
+        )
+    )
+    return rules
+
+
+def _stripe_rules(columns: list[str]) -> list[_Rule]:
+    rules = []
+    if "identifier" in columns:
+        rules.append(
+            _Rule(
+                "invalid_identifier",
+                pl.col(_present_col("identifier")) & pl.col(_ID_LONG),
+                pl.format(
+                    f"identifier is {{}} characters long; the limit is {MAX_IDENTIFIER_CHARS}",
+                    pl.col("identifier").str.len_chars(),
+                ),
+            )
+        )
+    if "payload_value" in columns:
+        shown = _snippet(pl.col("payload_value").str.strip_chars())
+        rules += [
+            _Rule(
+                "invalid_value",
+                # Blank is absent (a meter may read another key); a decimal must also fit a float.
+                ~pl.col(_VALUE_TEXT_OK) | (~pl.col(_VALUE).is_finite()).fill_null(False),
+                pl.format('payload_value "{}" is not a finite decimal number', shown),
+            ),
+            _Rule(
+                "invalid_value",
+                pl.col(_TOO_PRECISE_COL),
+                pl.format(f"payload_value {{}} has more than {MAX_SIGNIFICANT_DIGITS} significant digits", shown),
+            ),
+        ]
+    return rules
 
 
 def _snippet(expr: pl.Expr, chars: int = 60) -> pl.Expr:
@@ -127,147 +318,19 @@ _DURATION_UNITS: tuple[tuple[int, str], ...] = (
 
 
 def _human_duration(ms: pl.Expr) -> pl.Expr:
-    """A duration in ms as its largest unit plus the next one when not zero: "41 days 3 hours"."""
+    """A duration in ms as its largest unit, plus the next one when not zero: "41 days 3 hours"."""
     expr: pl.Expr = _plural(ms, "millisecond")
-    for (size, unit), (next_size, next_unit) in reversed(list(zip(_DURATION_UNITS, _DURATION_UNITS[1:]))):
+    for (size, unit), (next_size, next_unit) in reversed(list(itertools.pairwise(_DURATION_UNITS))):
         rest = (ms % size) // next_size
-        text = _plural(ms // size, unit) + pl.when(rest > 0).then(" " + _plural(rest, next_unit)).otherwise(pl.lit(""))
-        expr = pl.when(ms >= size).then(text).otherwise(expr)
+        extra = pl.when(rest > 0).then(" " + _plural(rest, next_unit)).otherwise(pl.lit(""))
+        expr = pl.when(ms >= size).then(_plural(ms // size, unit) + extra).otherwise(expr)
     return expr
 
 
-def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: ValidationLimits) -> list[_Rule]:
-    """The row checks in SPEC 3 precedence order: a rejected row gets the first rule it breaks."""
-    field = spec.timestamp
-    ts, ts_ms = pl.col(_TS), pl.col(_TS_MS)
-    arrived_ms = int(file.last_modified.timestamp() * 1000)
-    age_ms = int(limits.max_event_age.total_seconds() * 1000)
-    skew_ms = int(limits.max_future_skew.total_seconds() * 1000)
-    iso_time = pl.col(_TS_MS).cast(pl.Datetime("ms")).dt.to_string("%Y-%m-%dT%H:%M:%S%.fZ")
-    unit, other_unit = ("seconds", "milliseconds") if spec is STRIPE else ("milliseconds", "seconds")
-    out_of_range = pl.format("{} {} is outside the dates a timestamp can hold (years 1 to 9999)", pl.lit(field), ts)
-
-    rules = [
-        _Rule("missing_required_field", ~_present(name), pl.lit(f"{name} is missing or empty"))
-        for name in spec.required
-    ]
-    not_integer = pl.format(
-        '{} "{}" is not an integer number of {} since the Unix epoch', pl.lit(field), _snippet(pl.col(_TS_TEXT)), pl.lit(unit)
-    )
-    rules.append(
-        _Rule(
-            "invalid_timestamp",
-            ts.is_null(),
-            pl.when(pl.col(_TS_TEXT).str.contains(_INTEGER))
-            .then(pl.format("{} {} is outside the range of a 64-bit integer", pl.lit(field), pl.col(_TS_TEXT)))
-            .otherwise(not_integer),
-        )
-    )
-    wrong_unit = pl.format(
-        "{} {} looks like {}; the {} layout wants {}", pl.lit(field), ts, pl.lit(other_unit), pl.lit(spec.label), pl.lit(unit)
-    )
-    if spec is STRIPE:
-        rules += [
-            _Rule("invalid_timestamp", ts >= UNIT_THRESHOLD, wrong_unit),
-            _Rule("invalid_timestamp", ts < _MIN_MS // 1000, out_of_range),
-        ]
-    else:
-        rules += [
-            _Rule("invalid_timestamp", ts < UNIT_THRESHOLD, wrong_unit),
-            _Rule("invalid_timestamp", ts > _MAX_MS, out_of_range),
-        ]
-    rules += [
-        _Rule(
-            "timestamp_too_far_in_past",
-            ts_ms < arrived_ms - age_ms,
-            pl.format(
-                "{} is {}, {} before the file arrived (limit {})",
-                pl.lit(field),
-                iso_time,
-                _human_duration(arrived_ms - ts_ms),
-                _human_duration(pl.lit(age_ms)),
-            ),
-        ),
-        _Rule(
-            "timestamp_in_future",
-            ts_ms > arrived_ms + skew_ms,
-            pl.format(
-                "{} is {}, {} after the file arrived (limit {})",
-                pl.lit(field),
-                iso_time,
-                _human_duration(ts_ms - arrived_ms),
-                _human_duration(pl.lit(skew_ms)),
-            ),
-        ),
-    ]
-    if spec is STRIPE:
-        rules += _stripe_rules(columns)
-    else:
-        rules.append(
-            _Rule(
-                "invalid_properties",
-                ~(pl.col("properties").str.json_path_match("$").is_not_null() & pl.col(_PROPS).str.starts_with("{")),
-                pl.format("properties {} is not a JSON object", _snippet(pl.col("properties"))),
-            )
-        )
-    size = pl.col(_PROPS).str.len_bytes()
-    rules.append(
-        _Rule(
-            "properties_too_large",
-            size > MAX_PROPERTIES_BYTES,
-            pl.format("properties are {} bytes as compact JSON; the limit is {} bytes", size, pl.lit(MAX_PROPERTIES_BYTES)),
-        )
-    )
-    return rules
-
-
-def _stripe_rules(columns: list[str]) -> list[_Rule]:
-    rules = []
-    if "identifier" in columns:
-        length = pl.col("identifier").str.len_chars()
-        rules.append(
-            _Rule(
-                "invalid_identifier",
-                pl.col(_ID_PRESENT) & (length > MAX_IDENTIFIER_CHARS),
-                pl.format("identifier is {} characters long; the limit is {}", length, pl.lit(MAX_IDENTIFIER_CHARS)),
-            )
-        )
-    if "payload_value" in columns:
-        value = pl.col(_VALUE)
-        finite = value.str.contains(_DECIMAL) & value.cast(pl.Float64, strict=False).is_finite()
-        rules += [
-            _Rule(
-                "invalid_value",
-                (value != "") & ~finite.fill_null(False),
-                pl.format('payload_value "{}" is not a finite decimal number', _snippet(value)),
-            ),
-            _Rule(
-                "invalid_value",
-                value.str.contains(_TOO_PRECISE),
-                pl.format(
-                    "payload_value {} has more than {} significant digits",
-                    _snippet(value),
-                    pl.lit(MAX_SIGNIFICANT_DIGITS),
-                ),
-            ),
-        ]
-    return rules
-
-
-def _event_id(spec: LayoutSpec, columns: list[str], file: FileVersion) -> pl.Expr:
-    if spec is not STRIPE:
-        return pl.col("deduplication_id")
-    # Derived from (file key, row) so that re-ingesting the same file gives the same ids and dedupes.
-    derived = pl.format("{}#{}", pl.lit(file.key), pl.col(_ROW))
-    if "identifier" not in columns:
-        return derived
-    return pl.when(pl.col(_ID_PRESENT)).then(pl.col("identifier")).otherwise(derived)
-
-
-def _events(valid: pl.DataFrame, spec: LayoutSpec, file: FileVersion) -> pl.DataFrame:
+def _events(prepared: pl.DataFrame, spec: LayoutSpec, file: FileVersion) -> pl.DataFrame:
     none = pl.lit(None, pl.String)
     stripe = spec is STRIPE
-    return valid.select(
+    return prepared.select(
         pl.col(_EVENT_ID).alias("event_id"),
         pl.lit(spec.name).alias("layout"),
         (pl.col("event_name") if stripe else none).alias("event_name"),
@@ -283,17 +346,11 @@ def _events(valid: pl.DataFrame, spec: LayoutSpec, file: FileVersion) -> pl.Data
 
 def _rejects(bad: pl.DataFrame, raw: pl.DataFrame, rules: list[_Rule], file: FileVersion) -> pl.DataFrame:
     rule = pl.col(_RULE)
-    codes = {i: r.code for i, r in enumerate(rules)}
-    return pl.DataFrame(
-        {
-            "source_file": pl.repeat(file.key, bad.height, eager=True, dtype=pl.String),
-            "source_etag": pl.repeat(file.etag, bad.height, eager=True, dtype=pl.String),
-            "source_row": bad[_ROW],
-            "error_code": bad.select(rule.replace_strict(codes, return_dtype=pl.String)).to_series(),
-            "error_message": bad.select(
-                pl.coalesce(pl.when(rule == i).then(r.message) for i, r in enumerate(rules))
-            ).to_series(),
-            "raw_record": raw.select(pl.struct(pl.all()).struct.json_encode()).to_series(),
-        },
-        schema=REJECT_SCHEMA,
-    )
+    return bad.select(
+        pl.lit(file.key).alias("source_file"),
+        pl.lit(file.etag).alias("source_etag"),
+        pl.col(_ROW).alias("source_row"),
+        rule.replace_strict({i: r.code for i, r in enumerate(rules)}, return_dtype=pl.String).alias("error_code"),
+        pl.coalesce(pl.when(rule == i).then(r.message) for i, r in enumerate(rules)).alias("error_message"),
+        raw.select(pl.struct(pl.all()).struct.json_encode()).to_series().alias("raw_record"),
+    ).cast(REJECT_SCHEMA)  # type: ignore[arg-type]
