@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from usage_pipeline.billing.close import close_billing  # noqa: E402
-from usage_pipeline.catalog.model import Catalog  # noqa: E402
-from usage_pipeline.metering.meter import close_metering  # noqa: E402
-from usage_pipeline.storage.connection import open_database  # noqa: E402
+from usage_pipeline.billing.close import close_billing
+from usage_pipeline.catalog.model import Catalog
+from usage_pipeline.metering.meter import close_metering
+from usage_pipeline.storage.connection import open_database
 
 CLOSE_DATE = date(2026, 3, 15)
 DAY_MS = 86_400_000
@@ -31,18 +31,37 @@ METERS = [
     {"id": "tokens", "event_name": "llm_tokens", "aggregation": "sum"},
     {"id": "gpu_gauge", "event_name": "gpu_gauge", "aggregation": "latest"},
     {"id": "storage_gb", "filters": {"feature": "storage"}, "aggregation": "max", "value_property": "gb"},
-    {"id": "seats", "filters": {"feature": "seats"}, "aggregation": "unique_count", "value_property": "user_id"},
+    {
+        "id": "seats",
+        "filters": {"feature": "seats"},
+        "aggregation": "unique_count",
+        "value_property": "user_id",
+    },
 ]
-TIERS = [{"up_to": "1000", "unit_amount": "0.002"}, {"up_to": None, "unit_amount": "0.0015", "flat_amount": "5"}]
+TIERS = [
+    {"up_to": "1000", "unit_amount": "0.002"},
+    {"up_to": None, "unit_amount": "0.0015", "flat_amount": "5"},
+]
 PRICES = [
     {"id": "base", "currency": "USD", "model": "flat_fee", "amount": "49.00"},
-    {"id": "api", "meter": "api_calls", "currency": "USD", "model": "package", "package_size": "10",
-     "package_amount": "1.50"},
+    {
+        "id": "api",
+        "meter": "api_calls",
+        "currency": "USD",
+        "model": "package",
+        "package_size": "10",
+        "package_amount": "1.50",
+    },
     {"id": "tok", "meter": "tokens", "currency": "USD", "model": "tiered", "tiers": TIERS},
     {"id": "gpu", "meter": "gpu_gauge", "currency": "USD", "model": "per_unit", "unit_amount": "0.37"},
     {"id": "sto", "meter": "storage_gb", "currency": "USD", "model": "volume", "tiers": TIERS},
-    {"id": "sea", "meter": "seats", "currency": "USD", "model": "stairstep",
-     "tiers": [{"up_to": "5", "flat_amount": "25"}, {"up_to": None, "flat_amount": "90"}]},
+    {
+        "id": "sea",
+        "meter": "seats",
+        "currency": "USD",
+        "model": "stairstep",
+        "tiers": [{"up_to": "5", "flat_amount": "25"}, {"up_to": None, "flat_amount": "90"}],
+    },
 ]
 STRIPE_PRICES = ["base", "api", "tok", "gpu"]
 CHARGEBEE_PRICES = ["base", "sto", "sea"]
@@ -125,9 +144,8 @@ def run(events: int, subscriptions: int, path: Path) -> BenchResult:
             "day_start": day_start,
             "day_ms": DAY_MS,
             "month_start": month_start,
-            "month_ms": (datetime.combine(CLOSE_DATE, datetime.min.time()) - month_start) // timedelta(
-                milliseconds=1
-            ),
+            "month_ms": (datetime.combine(CLOSE_DATE, datetime.min.time()) - month_start)
+            // timedelta(milliseconds=1),
         },
     )
     conn.execute("CHECKPOINT")
@@ -154,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default=str(Path(__file__).parent / "out" / "close_bench.duckdb"))
     args = parser.parse_args(argv)
     scales = args.scale or ["1000000:10000", "5000000:50000", "10000000:100000"]
-    print(f"{'events':>11} {'subs':>8} {'build s':>8} {'meter s':>8} {'rate s':>7} {'close s':>8} "
-          f"{'events/s':>11} {'invoices':>9} {'lines':>8}")
+    print(
+        f"{'events':>11} {'subs':>8} {'build s':>8} {'meter s':>8} {'rate s':>7} {'close s':>8} "
+        f"{'events/s':>11} {'invoices':>9} {'lines':>8}"
+    )
     for scale in scales:
         events, subs = (int(x) for x in scale.split(":"))
         r = run(events, subs, Path(args.db))

@@ -37,7 +37,9 @@ class Timing:
         return self.events / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
-        return f"{self.label:<44} {self.events:>12,} events {self.seconds:>8.2f} s {self.rate:>12,.0f} events/s"
+        return (
+            f"{self.label:<44} {self.events:>12,} events {self.seconds:>8.2f} s {self.rate:>12,.0f} events/s"
+        )
 
 
 def _start_s3_server() -> tuple[subprocess.Popen, str]:
@@ -130,8 +132,14 @@ def run_bench(*, n_files: int, rows: int, history: int, workdir: Path) -> None:
         click.echo(f"generating {n_files} Stripe CSV files x {rows:,} events and uploading to {endpoint} …")
         for i in range(n_files):
             body = generate_usage_file(
-                layout="stripe", fmt="csv", rows=rows, arrival=arrival, seed=i, key_hint=f"bench-{i}",
-                error_rate=0.001, duplicate_rate=0.001,
+                layout="stripe",
+                fmt="csv",
+                rows=rows,
+                arrival=arrival,
+                seed=i,
+                key_hint=f"bench-{i}",
+                error_rate=0.001,
+                duplicate_rate=0.001,
             )
             client.put_object(Bucket=BUCKET, Key=f"incoming/bench-{i:03d}.csv", Body=body)
         files, _ = list_page(client, BUCKET, "incoming/", None)

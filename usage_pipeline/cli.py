@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -25,7 +26,10 @@ def _settings() -> Settings:
 def print_outcomes(outcomes) -> None:
     """One line per file version: status, counts, key, and the reason of a failure."""
     for o in outcomes:
-        counts = f"total={o.rows_total} accepted={o.rows_accepted} duplicate={o.rows_duplicate} rejected={o.rows_rejected}"
+        counts = (
+            f"total={o.rows_total} accepted={o.rows_accepted} duplicate={o.rows_duplicate} "
+            f"rejected={o.rows_rejected}"
+        )
         reason = f"  {o.failed_reason}: {o.failed_detail}" if o.failed_reason else ""
         click.echo(f"{o.status:<22} {counts:<58} {o.key}{reason}")
 
@@ -56,12 +60,16 @@ def ingest() -> None:
     for run_id in result.failed_runs:
         click.echo(f"run {run_id} failed; its files will be retried by the next ingest", err=True)
     if not result.outcomes and not result.failed_runs:
-        click.echo(f"nothing new under s3://{settings.bucket}/{settings.prefix} ({result.keys_listed} keys listed)")
+        click.echo(
+            f"nothing new under s3://{settings.bucket}/{settings.prefix} ({result.keys_listed} keys listed)"
+        )
     sys.exit(result.exit_code)
 
 
 @main.command()
-@click.option("--date", "day", required=True, help="The UTC day whose ending billing periods are closed (YYYY-MM-DD).")
+@click.option(
+    "--date", "day", required=True, help="The UTC day whose ending billing periods are closed (YYYY-MM-DD)."
+)
 def close(day: str) -> None:
     """Materialize the period-close partition of DAY (re-running regenerates it, same invoice ids)."""
     from usage_pipeline.close_command import run_close_command
@@ -71,7 +79,7 @@ def close(day: str) -> None:
 
 @main.command()
 def demo() -> None:
-    """Local S3 endpoint, sample files (both layouts, bad rows, duplicates), ingest, close, and print it all."""
+    """Local S3 endpoint, sample files (both layouts, bad rows, duplicates), ingest, close; print it all."""
     from usage_pipeline.demo import run_demo
 
     sys.exit(run_demo(_settings()))
@@ -93,8 +101,10 @@ def dev(port: int, s3_port: int) -> None:
         return
     with local_s3(port=s3_port, bucket=settings.bucket) as endpoint:
         click.echo(f"local S3 endpoint: {endpoint} (bucket {settings.bucket}, prefix {settings.prefix})")
-        click.echo(f"drop files with: AWS_ENDPOINT_URL_S3={endpoint} usage-pipeline generate --out "
-                   f"s3://{settings.bucket}/{settings.prefix}")
+        click.echo(
+            f"drop files with: AWS_ENDPOINT_URL_S3={endpoint} usage-pipeline generate --out "
+            f"s3://{settings.bucket}/{settings.prefix}"
+        )
         click.echo(f"Dagster instance: {home}; UI on http://127.0.0.1:{port}")
         _dagster_dev(port)
 
@@ -103,26 +113,37 @@ def _dagster_dev(port: int) -> None:
     workspace = Path.cwd() / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.exists() else ["-m", "usage_pipeline.definitions"]
     command = [str(Path(sys.executable).parent / "dagster"), "dev", *target, "-p", str(port)]
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         subprocess.run(command, check=False, env=os.environ.copy())
-    except KeyboardInterrupt:
-        pass
 
 
 @main.command()
-@click.option("--out", required=True, help="A folder, or s3://bucket/prefix (uses AWS_ENDPOINT_URL_S3 when set).")
+@click.option(
+    "--out", required=True, help="A folder, or s3://bucket/prefix (uses AWS_ENDPOINT_URL_S3 when set)."
+)
 @click.option("--files", "n_files", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--rows", default=1000, show_default=True, type=click.IntRange(min=0), help="Rows per file.")
 @click.option("--layout", type=click.Choice(["stripe", "chargebee"]), default="stripe", show_default=True)
 @click.option(
-    "--format", "fmt", show_default=True, default="csv",
+    "--format",
+    "fmt",
+    show_default=True,
+    default="csv",
     type=click.Choice(["csv", "json", "jsonl", "csv.gz", "json.gz", "jsonl.gz"]),
 )
 @click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--duplicate-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--seed", default=0, show_default=True, type=int)
-def generate(out: str, n_files: int, rows: int, layout: str, fmt: str, error_rate: float,
-             duplicate_rate: float, seed: int) -> None:
+def generate(
+    out: str,
+    n_files: int,
+    rows: int,
+    layout: str,
+    fmt: str,
+    error_rate: float,
+    duplicate_rate: float,
+    seed: int,
+) -> None:
     """Write synthetic usage files (sizes, layouts, formats, error and duplicate rates)."""
     from datetime import UTC, datetime
 
@@ -134,8 +155,14 @@ def generate(out: str, n_files: int, rows: int, layout: str, fmt: str, error_rat
     for i in range(n_files):
         name = f"{layout}-{arrival:%Y%m%dT%H%M%S}-{seed}-{i:04d}.{fmt}"
         files[name] = generate_usage_file(
-            layout=layout, fmt=fmt, rows=rows, arrival=arrival, seed=seed * 100_003 + i,
-            error_rate=error_rate, duplicate_rate=duplicate_rate, key_hint=name,
+            layout=layout,
+            fmt=fmt,
+            rows=rows,
+            arrival=arrival,
+            seed=seed * 100_003 + i,
+            error_rate=error_rate,
+            duplicate_rate=duplicate_rate,
+            key_hint=name,
         )
     client = s3_client() if out.startswith("s3://") else None
     for written in write_files(out, files, s3_client=client):
@@ -145,8 +172,13 @@ def generate(out: str, n_files: int, rows: int, layout: str, fmt: str, error_rat
 @main.command()
 @click.option("--files", "n_files", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--rows", default=1_000_000, show_default=True, type=click.IntRange(min=1))
-@click.option("--history", default=50_000_000, show_default=True, type=click.IntRange(min=0),
-              help="Stored events for the history-growth measurement (0 skips it).")
+@click.option(
+    "--history",
+    default=50_000_000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Stored events for the history-growth measurement (0 skips it).",
+)
 @click.option("--workdir", default="bench/out", show_default=True)
 def bench(n_files: int, rows: int, history: int, workdir: str) -> None:
     """Ingest throughput vs the floor (S3 GET + read_csv + plain insert), and cost vs stored history."""

@@ -50,7 +50,9 @@ def print_invoices(rows: list[tuple]) -> None:
     click.echo(f"{'invoice_id':<26} {'subscription':<18} {'customer':<12} {'period':<35} {'total':>14} lines")
     for invoice_id, sub, customer, start, end, currency, total, lines in rows:
         period = f"{start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M}"
-        click.echo(f"{invoice_id:<26} {sub:<18} {customer:<12} {period:<35} {total:>10} {currency} {lines:>5}")
+        click.echo(
+            f"{invoice_id:<26} {sub:<18} {customer:<12} {period:<35} {total:>10} {currency} {lines:>5}"
+        )
 
 
 def run_close_command(settings: Settings, text: str) -> int:
@@ -71,7 +73,9 @@ def run_close_command(settings: Settings, text: str) -> int:
     try:
         load_catalog(settings.catalog_path)
     except CatalogError as exc:
-        click.echo(f"close: the catalog {settings.catalog_path} is invalid; nothing was closed:\n{exc}", err=True)
+        click.echo(
+            f"close: the catalog {settings.catalog_path} is invalid; nothing was closed:\n{exc}", err=True
+        )
         return EXIT_USAGE
     result = run_close(get_instance(), build_definitions(settings), day)
     if not result.success:

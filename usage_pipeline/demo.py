@@ -68,8 +68,10 @@ def run_demo(settings: Settings) -> int:
 
         today = arrival.date()
         close = run_close(instance, build_definitions(settings), today)
-        click.echo(f"\n3. close {today} (billing periods ending today): run {close.run_id} "
-                   f"{'succeeded' if close.success else 'FAILED'}")
+        click.echo(
+            f"\n3. close {today} (billing periods ending today): run {close.run_id} "
+            f"{'succeeded' if close.success else 'FAILED'}"
+        )
         print_invoices(invoices_of(settings, today))
 
     click.echo(

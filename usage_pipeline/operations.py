@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from usage_pipeline.settings import Settings
 from usage_pipeline.storage.connection import connect
 
 CLI_CURSOR_KEY = "usage_pipeline/cli_sensor_cursor"
+CLI_PENDING_KEY = "usage_pipeline/cli_pending_runs"
 LAUNCHED_BY_TAG = "usage_pipeline/launched_by"
 RUN_KEY_TAG = "dagster/run_key"
 
@@ -43,9 +45,7 @@ class IngestResult:
 
 
 def _run_exists(instance: dg.DagsterInstance, run_key: str) -> bool:
-    runs = instance.get_runs(
-        dg.RunsFilter(job_name=INGEST_JOB_NAME, tags={RUN_KEY_TAG: run_key}), limit=1
-    )
+    runs = instance.get_runs(dg.RunsFilter(job_name=INGEST_JOB_NAME, tags={RUN_KEY_TAG: run_key}), limit=1)
     return bool(runs)
 
 
@@ -61,6 +61,39 @@ def _outcomes_of_runs(settings: Settings, run_ids: list[str]) -> list[FileOutcom
             {"runs": run_ids},
         ).fetchall()
     return [FileOutcome(*row) for row in rows]
+
+
+def _encode_requests(requests: list[dg.RunRequest]) -> str:
+    return json.dumps(
+        [{"run_key": r.run_key, "run_config": r.run_config, "tags": dict(r.tags)} for r in requests]
+    )
+
+
+def _decode_requests(text: str | None) -> list[dg.RunRequest]:
+    return [dg.RunRequest(**item) for item in json.loads(text or "[]")]
+
+
+def _execute(
+    instance: dg.DagsterInstance, job: dg.JobDefinition, request: dg.RunRequest, result: IngestResult
+) -> None:
+    """Run one requested batch in this process, unless a run with its run key already exists."""
+    assert request.run_key is not None
+    if _run_exists(instance, request.run_key):
+        return
+    tags = {
+        **request.tags,
+        RUN_KEY_TAG: request.run_key,
+        LAUNCHED_BY_TAG: "cli",
+        "dagster/sensor_name": SENSOR_NAME,
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+    }
+    run = job.execute_in_process(
+        run_config=request.run_config, instance=instance, tags=tags, raise_on_error=False
+    )
+    result.run_ids.append(run.run_id)
+    if not run.success:
+        result.failed_runs.append(run.run_id)
 
 
 def run_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, settings: Settings) -> IngestResult:
@@ -80,31 +113,27 @@ def run_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, settings: Set
             f"{settings.duckdb_lock_timeout.total_seconds():.0f} s; giving up (USAGE_DUCKDB_LOCK_TIMEOUT)"
         ) from exc
     try:
-        cursor = instance.run_storage.get_cursor_values({CLI_CURSOR_KEY}).get(CLI_CURSOR_KEY)
-        outcome = evaluate_sensor(instance, s3_client(settings.s3_endpoint_url), settings, cursor)
-        # Like the daemon, the cursor is saved before the runs execute: a run that dies is retried by the
-        # next evaluation (failed-run retry), not rediscovered.
-        instance.run_storage.set_cursor_values({CLI_CURSOR_KEY: outcome.cursor.to_json()})
+        result = IngestResult()
         job = defs.resolve_job_def(INGEST_JOB_NAME)
-        result = IngestResult(keys_listed=outcome.keys_listed)
-        for request in outcome.run_requests:
-            assert request.run_key is not None
-            if _run_exists(instance, request.run_key):
-                continue
-            tags = {
-                **request.tags,
-                RUN_KEY_TAG: request.run_key,
-                LAUNCHED_BY_TAG: "cli",
-                "dagster/sensor_name": SENSOR_NAME,
-                HOST_TAG: socket.gethostname(),
-                PID_TAG: str(os.getpid()),
+        stored = instance.run_storage.get_cursor_values({CLI_CURSOR_KEY, CLI_PENDING_KEY})
+        # Requests of an earlier evaluation whose process died before running them all.
+        for request in _decode_requests(stored.get(CLI_PENDING_KEY)):
+            _execute(instance, job, request, result)
+        outcome = evaluate_sensor(
+            instance, s3_client(settings.s3_endpoint_url), settings, stored.get(CLI_CURSOR_KEY)
+        )
+        result.keys_listed = outcome.keys_listed
+        # Like the daemon's tick, the new cursor and the requests it implies are saved together before any
+        # run starts: a process killed now resumes the requests next time instead of forgetting them.
+        instance.run_storage.set_cursor_values(
+            {
+                CLI_CURSOR_KEY: outcome.cursor.to_json(),
+                CLI_PENDING_KEY: _encode_requests(outcome.run_requests),
             }
-            run = job.execute_in_process(
-                run_config=request.run_config, instance=instance, tags=tags, raise_on_error=False
-            )
-            result.run_ids.append(run.run_id)
-            if not run.success:
-                result.failed_runs.append(run.run_id)
+        )
+        for request in outcome.run_requests:
+            _execute(instance, job, request, result)
+        instance.run_storage.set_cursor_values({CLI_PENDING_KEY: "[]"})
         result.outcomes = _outcomes_of_runs(settings, result.run_ids)
         return result
     finally:

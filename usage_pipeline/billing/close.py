@@ -13,7 +13,7 @@ import pyarrow as pa
 from usage_pipeline.billing import sql
 from usage_pipeline.billing.pricing import rate
 from usage_pipeline.catalog.model import Catalog
-from usage_pipeline.catalog.publish import QUANTITY_TYPE, naive_utc, registered
+from usage_pipeline.catalog.publish import QUANTITY_TYPE, catalog_relations, naive_utc, registered
 
 AMOUNT_TYPE = pa.decimal128(38, 4)
 
@@ -33,27 +33,6 @@ class BillingResult:
     invoices: int
     lines: int
     totals: tuple[CurrencyTotal, ...] = field(default_factory=tuple)
-
-
-def _catalog_prices(catalog: Catalog) -> dict[str, pa.Table]:
-    subs = catalog.subscriptions
-    prices = catalog.prices
-    return {
-        "rt_cat_subscription_prices": pa.table(
-            {
-                "subscription_id": pa.array([s.id for s in subs for _ in s.price_ids], type=pa.string()),
-                "price_id": pa.array([p for s in subs for p in s.price_ids], type=pa.string()),
-            }
-        ),
-        "rt_cat_prices": pa.table(
-            {
-                "price_id": pa.array([p.id for p in prices], type=pa.string()),
-                "meter_id": pa.array([p.meter for p in prices], type=pa.string()),
-                "currency": pa.array([p.currency for p in prices], type=pa.string()),
-                "pricing_model": pa.array([p.model for p in prices], type=pa.string()),
-            }
-        ),
-    }
 
 
 def _ratings(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> pa.Table:
@@ -86,7 +65,7 @@ def rate_periods(
     """Build the TEMP tables rt_lines and rt_invoices for the periods in `periods_relation`
     (subscription_id, customer_id, period_start, period_end) and their usage in `usage_relation`
     (subscription_id, meter_id, period_start, period_end, quantity, event_count). Writes nothing else."""
-    with registered(conn, _catalog_prices(catalog)):
+    with registered(conn, catalog_relations(catalog)):
         conn.execute(sql.CREATE_CANDIDATES.format(periods=periods_relation, usage=usage_relation))
     with registered(conn, {"rt_ratings": _ratings(conn, catalog)}):
         conn.execute(sql.CREATE_LINES)

@@ -23,8 +23,8 @@ CREATE_CANDIDATES = """
            sp.price_id, pr.meter_id, pr.currency, pr.pricing_model,
            CAST(CASE WHEN pr.meter_id IS NULL THEN 1 ELSE u.quantity END AS DECIMAL(38, 12)) AS quantity
     FROM {periods} AS p
-    JOIN rt_cat_subscription_prices AS sp ON sp.subscription_id = p.subscription_id
-    JOIN rt_cat_prices AS pr ON pr.price_id = sp.price_id
+    JOIN cat_subscription_prices AS sp ON sp.subscription_id = p.subscription_id
+    JOIN cat_prices AS pr ON pr.price_id = sp.price_id
     LEFT JOIN {usage} AS u
       ON u.subscription_id = p.subscription_id AND u.meter_id = pr.meter_id
      AND u.period_end = p.period_end

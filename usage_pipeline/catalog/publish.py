@@ -49,6 +49,11 @@ def naive_utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
+def _timestamps(values: list[datetime | None]) -> pa.Array:
+    # Arrow converts aware datetimes to UTC in C, much faster than a Python conversion per value.
+    return pa.array(values, type=pa.timestamp("us", tz="UTC")).cast(TIMESTAMP_TYPE)
+
+
 def _decimals(values: list[Decimal | None]) -> pa.Array:
     return pa.array(values, type=QUANTITY_TYPE)
 
@@ -68,8 +73,27 @@ def _tiers_json(price: Price) -> str | None:
     )
 
 
+# The last catalog's tables: one close meters and rates the same catalog object, and building the
+# subscription rows is the costly part with a large catalog.
+_last_tables: list[tuple[Catalog, dict[str, pa.Table]]] = []
+
+
 def catalog_tables(catalog: Catalog) -> dict[str, pa.Table]:
-    """The catalog as Arrow tables with the columns of the published DuckDB tables."""
+    """The catalog as Arrow tables with the columns of the published DuckDB tables (cached for the last
+    catalog object: the catalog is immutable)."""
+    if _last_tables and _last_tables[0][0] is catalog:
+        return _last_tables[0][1]
+    tables = _build_tables(catalog)
+    _last_tables[:] = [(catalog, tables)]
+    return tables
+
+
+def catalog_relations(catalog: Catalog) -> dict[str, pa.Table]:
+    """The catalog tables under the names the metering and billing SQL read: cat_<table>."""
+    return {f"cat_{name}": table for name, table in catalog_tables(catalog).items()}
+
+
+def _build_tables(catalog: Catalog) -> dict[str, pa.Table]:
     meters = catalog.meters
     prices = catalog.prices
     subs = catalog.subscriptions
@@ -101,11 +125,11 @@ def catalog_tables(catalog: Catalog) -> dict[str, pa.Table]:
                 "subscription_id": [s.id for s in subs],
                 "customer_id": [s.customer_id for s in subs],
                 "currency": [s.currency for s in subs],
-                "started_at": pa.array([naive_utc(s.started_at) for s in subs], type=TIMESTAMP_TYPE),
-                "cancelled_at": pa.array([naive_utc(s.cancelled_at) for s in subs], type=TIMESTAMP_TYPE),
+                "started_at": _timestamps([s.started_at for s in subs]),
+                "cancelled_at": _timestamps([s.cancelled_at for s in subs]),
                 "billing_period_unit": [s.billing_period_unit for s in subs],
                 "billing_period": pa.array([s.billing_period for s in subs], type=pa.int32()),
-                "billing_anchor": pa.array([naive_utc(s.billing_anchor) for s in subs], type=TIMESTAMP_TYPE),
+                "billing_anchor": _timestamps([s.billing_anchor for s in subs]),
             }
         ),
         "subscription_prices": pa.table(

@@ -1,12 +1,12 @@
 """Dagster assets of the ingest stage: one multi-asset loads a batch of file versions into DuckDB."""
 
-
 import os
 import socket
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
+from pydantic import Field
 
 from usage_pipeline.ingest import quality
 from usage_pipeline.ingest.model import STATUS_FAILED, FileVersion, ValidationLimits
@@ -30,7 +30,7 @@ usage_events_spec = dg.AssetSpec(
     "usage_events",
     group_name=INGEST_GROUP,
     kinds={"polars", "duckdb"},
-    description="Accepted, deduplicated usage events (both layouts), with the S3 file and row each came from.",
+    description="Accepted, deduplicated usage events (both layouts), with the S3 file and row of each.",
 )
 rejected_events_spec = dg.AssetSpec(
     "rejected_events",
@@ -40,8 +40,12 @@ rejected_events_spec = dg.AssetSpec(
 )
 
 CHECKS = [
-    dg.AssetCheckSpec("no_failed_files", asset="ingested_files", description="ERROR when a file of the run failed."),
-    dg.AssetCheckSpec("no_rejected_rows", asset="ingested_files", description="WARN when rows were rejected."),
+    dg.AssetCheckSpec(
+        "no_failed_files", asset="ingested_files", description="ERROR when a file of the run failed."
+    ),
+    dg.AssetCheckSpec(
+        "no_rejected_rows", asset="ingested_files", description="WARN when rows were rejected."
+    ),
     dg.AssetCheckSpec(
         "row_counts_balance",
         asset="ingested_files",
@@ -77,7 +81,7 @@ class FileVersionConfig(dg.Config):
 class IngestConfig(dg.Config):
     """The file versions this run ingests (the sensor fills it in)."""
 
-    files: list[FileVersionConfig] = []
+    files: list[FileVersionConfig] = Field(default_factory=list)
 
 
 def _materialization_metadata(report: IngestReport) -> dict[str, object]:
@@ -115,7 +119,9 @@ def ingest_usage_files(
     """Load, validate and deduplicate the run's file versions into DuckDB, one transaction per file."""
     # Lets the sensor recognise this run as dead if its process is killed (the default run launcher
     # cannot tell), so that its files are retried.
-    context.instance.add_run_tags(context.run.run_id, {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    context.instance.add_run_tags(
+        context.run.run_id, {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    )
     cfg = settings.get()
     client = s3.get_client()
     files = [f.to_version() for f in config.files]
@@ -158,9 +164,13 @@ def ingest_usage_files(
     yield dg.MaterializeResult(asset_key="ingested_files", metadata=metadata)
     yield dg.MaterializeResult(
         asset_key="usage_events",
-        metadata={k: metadata[k] for k in ("rows_accepted", "rows_duplicate", "seconds", "events_per_second")},
+        metadata={
+            k: metadata[k] for k in ("rows_accepted", "rows_duplicate", "seconds", "events_per_second")
+        },
     )
-    yield dg.MaterializeResult(asset_key="rejected_events", metadata={"rows_rejected": metadata["rows_rejected"]})
+    yield dg.MaterializeResult(
+        asset_key="rejected_events", metadata={"rows_rejected": metadata["rows_rejected"]}
+    )
     for (asset_key, name, severity), finding in findings.items():
         yield check_result(
             asset_key=asset_key,

@@ -81,7 +81,9 @@ def batch_files(files: list[FileVersion], limits: DiscoveryLimits) -> list[list[
     current_bytes = 0
     for file in ordered:
         weight = file.size if file.size <= limits.max_file_bytes else 0
-        if current and (len(current) >= limits.run_max_files or current_bytes + weight > limits.run_max_bytes):
+        if current and (
+            len(current) >= limits.run_max_files or current_bytes + weight > limits.run_max_bytes
+        ):
             batches.append(current)
             current, current_bytes = [], 0
         current.append(file)

@@ -11,7 +11,7 @@ _EXTENSIONS: dict[str, str] = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"
 
 
 def classify_file(file: FileVersion, max_file_bytes: int) -> tuple[str | None, str | None, str | None]:
-    """(format, failed_reason, failed_detail): format is e.g. "csv" or "jsonl.gz"; a reason when not ingestible."""
+    """(format, failed_reason, failed_detail); format is e.g. "csv" or "jsonl.gz", a reason means skip it."""
     name = file.key.rsplit("/", 1)[-1]
     if len(name) > MAX_NAME_CHARS:
         return (

@@ -37,7 +37,7 @@ CHARGEBEE = LayoutSpec(
     required=("subscription_id", "usage_timestamp", "deduplication_id", "properties"),
     timestamp="usage_timestamp",
 )
-LAYOUTS: tuple[LayoutSpec, ...] = (STRIPE, CHARGEBEE)
+_LAYOUTS: tuple[LayoutSpec, ...] = (STRIPE, CHARGEBEE)
 
 STRIPE_CUSTOMER = "payload_stripe_customer_id"
 PAYLOAD_PREFIX = "payload_"
@@ -60,13 +60,17 @@ def _own_fields(spec: LayoutSpec, columns: list[str]) -> int:
 
 def detect_layout(columns: list[str]) -> tuple[LayoutSpec | None, str | None]:
     """The layout with more of its own fields among `columns`, or (None, detail) when none or a tie."""
-    counts = [(_own_fields(spec, columns), spec) for spec in LAYOUTS]
+    counts = [(_own_fields(spec, columns), spec) for spec in _LAYOUTS]
     counts.sort(key=lambda pair: pair[0], reverse=True)
     (best, spec), (second, _) = counts[0], counts[1]
     if best > second:
         return spec, None
     seen = ", ".join(columns[:30]) + (f" … ({len(columns)} in all)" if len(columns) > 30 else "")
-    why = "matches no known layout" if best == 0 else f"matches the Stripe and Chargebee layouts equally ({best} fields each)"
+    why = (
+        "match no known layout"
+        if best == 0
+        else f"match the Stripe and the Chargebee layout equally well ({best} fields each)"
+    )
     return None, (
         f"The file's columns ({seen or 'none'}) {why}. The Stripe layout has timestamp, event_name, "
         "payload_stripe_customer_id and payload_* columns; the Chargebee layout has subscription_id, "
@@ -120,7 +124,7 @@ def payload_members(columns: list[str]) -> list[tuple[str, pl.Expr, pl.DataType]
 
 
 def encode_members(members: list[tuple[str, pl.Expr, pl.DataType]]) -> pl.Expr:
-    """The JSON object of `members` by polars' own encoder: faster than json_object, but writes null values."""
+    """The JSON object of `members` by polars' encoder: faster than json_object, but it writes nulls."""
     if not members:
         return pl.lit("{}")
     return pl.struct(value.alias(key) for key, value, _ in members).struct.json_encode()
@@ -144,13 +148,13 @@ def json_object(members: list[tuple[str, pl.Expr, pl.DataType]]) -> pl.Expr:
     return pl.concat_str(pl.lit("{"), body, pl.lit("}"))
 
 
-def json_string(expr: pl.Expr) -> pl.Expr:
+def _json_string(expr: pl.Expr) -> pl.Expr:
     return pl.concat_str(pl.lit('"'), expr.str.replace_many(_JSON_ESCAPES), pl.lit('"'))
 
 
 def _json_value(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     if dtype == pl.String:
-        return json_string(expr)
+        return _json_string(expr)
     if isinstance(dtype, pl.Struct):
         members = [(f.name, expr.struct.field(f.name), f.dtype) for f in dtype.fields]
         return pl.when(expr.is_not_null()).then(json_object(members))

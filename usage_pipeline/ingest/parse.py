@@ -27,7 +27,7 @@ from usage_pipeline.ingest.validate import validate_rows
 
 __all__ = ["parse_file"]
 
-_FORMAT_NAMES = {"csv": "CSV", "json": "a JSON array of objects", "jsonl": "JSON Lines"}
+_FORMAT_NAMES = {"csv": "CSV", "json": "JSON (an array of objects)", "jsonl": "JSON Lines"}
 _LEADING_SPACE = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*")
 _MAX_DETAIL_CHARS = 300
 
@@ -62,7 +62,8 @@ def parse_file(data: bytes, file: FileVersion, fmt: str, limits: ValidationLimit
         return failed(REASON_UNREADABLE, str(exc))
     except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
         return failed(REASON_UNREADABLE, f"The file is not valid {_FORMAT_NAMES[base]}: {_shorten(exc)}")
-    if raw.height == 0 or raw.width == 0:  # a CSV header only, `[]`, `{}`
+    raw, rows = _without_blank_records(raw)
+    if raw.height == 0:  # a CSV header only, `[]`, `{}`, only blank lines
         return ParsedFile(file=file, status="empty", format=fmt)
 
     frame = raw if base == "csv" else flatten_payload(raw)
@@ -77,7 +78,10 @@ def parse_file(data: bytes, file: FileVersion, fmt: str, limits: ValidationLimit
             spec.name,
         )
     text = as_text(frame, layout_columns(spec, frame.columns))
-    events, rejects, duplicates = validate_rows(text, raw, spec, file, limits)
+    try:
+        events, rejects, duplicates = validate_rows(text, raw, rows, spec, file, limits)
+    except pl.exceptions.PanicException as exc:  # a polars bug on odd data must not stop the whole run
+        return failed(REASON_UNREADABLE, f"polars could not process the file: {_shorten(exc)}", spec.name)
     return ParsedFile(
         file=file,
         status="ok",
@@ -105,7 +109,22 @@ def _read(data: bytes, fmt: str) -> pl.DataFrame:
         if single.width == 0:
             return single  # `{}`: no records
         raise _NotRecords("The file holds one JSON object; a .json usage file must be an array of objects.")
-    raise _NotRecords("The file does not start with a JSON array; a .json usage file must be an array of objects.")
+    raise _NotRecords("The file is not a JSON array; a .json usage file must be an array of objects.")
+
+
+def _without_blank_records(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
+    """The records that hold at least one value, and their 1-based numbers in the file.
+
+    A blank CSV line (a trailing one is common) or an all-empty record (`,,,`, `{}`) is not an event; it
+    is skipped, not rejected, and the other records keep their numbers in the file.
+    """
+    if raw.width == 0:
+        return raw.clear(), pl.Series(dtype=pl.Int64)
+    blank = raw.select(pl.all_horizontal(pl.all().is_null())).to_series()
+    numbers = pl.int_range(1, raw.height + 1, eager=True, dtype=pl.Int64)
+    if not blank.any():
+        return raw, numbers
+    return raw.filter(~blank), numbers.filter(~blank)
 
 
 def _shorten(exc: BaseException) -> str:

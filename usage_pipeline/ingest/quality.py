@@ -74,9 +74,7 @@ def rejected_rows(
             counts[str(row["error_code"])] = int(row["n"])  # type: ignore[call-overload]
         examples["sample of rejected rows"] = _rows(conn, sql.REJECT_SAMPLES, {**params, "limit": sample})
     total = sum(o.rows_rejected for o in with_rejects)
-    summary = (
-        f"{total} rows rejected in {len(with_rejects)} files" if with_rejects else "no rejected rows"
-    )
+    summary = f"{total} rows rejected in {len(with_rejects)} files" if with_rejects else "no rejected rows"
     return CheckFinding(passed=not with_rejects, summary=summary, counts=counts, examples=examples)
 
 
@@ -105,9 +103,7 @@ def dedup_keys_unique(
     ts_lo, ts_hi, written = conn.execute(sql.RUN_EVENT_TIME_RANGE, {"since": since}).fetchall()[0]
     if not written:
         return CheckFinding(True, "no events written by this run", counts={"events_checked_window": 0})
-    dupes = _rows(
-        conn, sql.DUPLICATE_KEYS, {"ts_lo": ts_lo - stripe_window, "ts_hi": ts_hi + stripe_window}
-    )
+    dupes = _rows(conn, sql.DUPLICATE_KEYS, {"ts_lo": ts_lo - stripe_window, "ts_hi": ts_hi + stripe_window})
     summary = (
         f"{len(dupes)} dedup keys stored more than once" if dupes else "dedup keys are unique"
     ) + f" (events between {ts_lo - stripe_window} and {ts_hi + stripe_window} UTC)"

@@ -123,9 +123,7 @@ def ingest_files(
         return parsed
 
     for parsed in _prefetched(todo, load):
-        outcome = write_file_version(
-            conn, parsed, run_id=run_id, stripe_dedup_window=stripe_dedup_window
-        )
+        outcome = write_file_version(conn, parsed, run_id=run_id, stripe_dedup_window=stripe_dedup_window)
         report.outcomes.append(outcome)
         if on_file is not None:
             on_file(outcome)

@@ -1,6 +1,5 @@
 """The S3 sensor: discover new file versions, request bounded ingest runs, and retry runs that died."""
 
-
 import hashlib
 import os
 import socket
@@ -54,7 +53,11 @@ def batch_run_request(batch: list[FileVersion]) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=f"files:{digest}",
         run_config={
-            "ops": {"ingest_usage_files": {"config": {"files": [FileVersionConfig.from_version(f) for f in batch]}}}
+            "ops": {
+                "ingest_usage_files": {
+                    "config": {"files": [FileVersionConfig.from_version(f) for f in batch]}
+                }
+            }
         },
         tags={ATTEMPT_TAG: "1", FILES_TAG: str(len(batch))},
     )
@@ -105,14 +108,22 @@ def retry_requests(instance: dg.DagsterInstance, now: datetime) -> list[dg.RunRe
             dg.RunRequest(
                 run_key=f"{base_key}:retry{attempt + 1}",
                 run_config=run.run_config,
-                tags={ATTEMPT_TAG: str(attempt + 1), RETRY_OF_TAG: run.run_id, FILES_TAG: run.tags.get(FILES_TAG, "")},
+                tags={
+                    ATTEMPT_TAG: str(attempt + 1),
+                    RETRY_OF_TAG: run.run_id,
+                    FILES_TAG: run.tags.get(FILES_TAG, ""),
+                },
             )
         )
     return requests
 
 
 def evaluate_sensor(
-    instance: dg.DagsterInstance, client: Any, settings: Settings, cursor: str | None, now: datetime | None = None
+    instance: dg.DagsterInstance,
+    client: Any,
+    settings: Settings,
+    cursor: str | None,
+    now: datetime | None = None,
 ) -> SensorOutcome:
     """One evaluation: retries for dead or failed runs first, then newly discovered file versions."""
     now = now or datetime.now(UTC)

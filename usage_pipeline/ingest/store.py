@@ -152,4 +152,3 @@ def write_file_version(
         conn.execute("ROLLBACK")
         raise
     return outcome
-

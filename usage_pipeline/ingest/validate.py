@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -25,14 +26,12 @@ UNIT_THRESHOLD = 10**11
 # The instants a datetime can hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, in ms since the epoch.
 _MIN_MS = -62_135_596_800_000
 _MAX_MS = 253_402_300_799_999
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _INTEGER = r"^[+-]?\d+$"
-_BLANK_OR_DECIMAL = r"^\s*(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)?\s*$"
 # More significant digits than allowed: from the first non-zero digit of the mantissa to a later non-zero
 # one (leading and trailing zeros are not significant). Only read for text that is a decimal.
 _TOO_PRECISE = rf"^\s*[+-]?[0.]*[1-9](?:\.?\d){{{MAX_SIGNIFICANT_DIGITS - 1},}}\.?[1-9]"
-# JSON whitespace outside string literals; the replacement keeps the literals (group 1) as they are.
-_JSON_LAYOUT_SPACE = r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+'
 
 # Working columns, next to the layout's own.
 _ROW = "__row"
@@ -41,12 +40,13 @@ _TS_MS = "__ts_ms"
 _PROPS = "__properties"
 _PROPS_GAP = "__properties_gap"
 _JSON_OK = "__json_ok"
-_VALUE = "__value"
-_VALUE_TEXT_OK = "__value_text_ok"
+_VALUE_BAD = "__value_bad"
 _TOO_PRECISE_COL = "__too_precise"
 _ID_LONG = "__id_long"
 _RULE = "__rule"
 _EVENT_ID = "__event_id"
+_KEY_HASH = "__key_hash"
+_KEEP = "__keep"
 
 
 def _present_col(name: str) -> str:
@@ -61,47 +61,56 @@ class _Rule:
 
 
 def validate_rows(
-    text: pl.DataFrame, raw: pl.DataFrame, spec: LayoutSpec, file: FileVersion, limits: ValidationLimits
+    text: pl.DataFrame,
+    raw: pl.DataFrame,
+    rows: pl.Series,
+    spec: LayoutSpec,
+    file: FileVersion,
+    limits: ValidationLimits,
 ) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """(events, rejects, duplicates dropped) for a frame of the layout's fields as text.
 
-    `raw` is the frame as read, row for row with `text`; rejected rows are reported from it.
+    `raw` is the frame as read and `rows` the records' 1-based numbers in the file, row for row with `text`;
+    rejected rows are reported from `raw`.
     """
     # The costly string checks are independent columns of one context, so polars runs them in parallel.
-    checked = text.lazy().with_columns(_checks(spec, text.columns)).collect()
+    numbered = text.hstack([rows.cast(pl.Int64).alias(_ROW)])
+    checked = numbered.lazy().with_columns(_checks(spec, text.columns)).collect()
     checked = checked.with_columns(_fixes(spec, checked))
     rules = _rules(spec, text.columns, file, limits)
+    key = [STRIPE_CUSTOMER, _EVENT_ID] if spec is STRIPE else ["subscription_id", _TS_MS, _EVENT_ID]
     prepared = (
         checked.lazy()
-        .with_columns(_timestamp_ms(spec))
+        .with_columns(_timestamp_ms(spec), _event_id(spec, checked, file).alias(_EVENT_ID))
         .with_columns(
             pl.coalesce(pl.when(r.broken).then(pl.lit(i, pl.Int8)) for i, r in enumerate(rules)).alias(_RULE),
-            _event_id(spec, checked, file).alias(_EVENT_ID),
+            pl.struct(key).hash().alias(_KEY_HASH),
         )
         .collect()
     )
     rejected = prepared[_RULE].is_not_null()
     rejects = _rejects(prepared.filter(rejected), raw.filter(rejected), rules, file)
-    key = [STRIPE_CUSTOMER, _EVENT_ID] if spec is STRIPE else ["subscription_id", _TS_MS, _EVENT_ID]
-    keep = _first_occurrences(prepared.select(key), ~rejected)
-    events = _events(prepared, spec, file).filter(keep)
+    keep = _first_occurrences(prepared, key, ~rejected)
+    events = _events(prepared.with_columns(keep.alias(_KEEP)).lazy().filter(_KEEP), spec, file)
     return events, rejects, prepared.height - rejects.height - events.height
 
 
 def _checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
-    """Working columns computed over every row; values that need a second look are fixed by _fixes."""
+    """Working columns over every row; the values that need a second look are fixed by _fixes."""
     exprs = [
-        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(_ROW),
         # An integer epoch is exactly what this cast accepts (sign and ASCII digits); overflow gives null too.
         pl.col(spec.timestamp).cast(pl.Int64, strict=False).alias(_TS),
     ]
     exprs += [_present(name).alias(_present_col(name)) for name in spec.required]
     if spec is not STRIPE:
-        return [
-            *exprs,
-            pl.col("properties").str.replace_all(_JSON_LAYOUT_SPACE, "$1").alias(_PROPS),
-            pl.col("properties").str.json_path_match("$").is_not_null().alias(_JSON_OK),
-        ]
+        # One strict parse per row both validates and compacts: polars' JSONPath "$" gives the document
+        # back re-serialised (compact, key order kept, numbers in their shortest form), or null when the
+        # text is not JSON. An object is what starts with "{" (a JSON string holding "{…}" does not).
+        properties = pl.col("properties")
+        parsed = properties.str.json_path_match("$")
+        object_text = properties.str.strip_chars_start().str.starts_with("{")
+        is_object = (parsed.is_not_null() & object_text).fill_null(False)
+        return [*exprs, parsed.alias(_PROPS), is_object.alias(_JSON_OK)]
     members = payload_members(columns)
     exprs += [
         encode_members(members).alias(_PROPS),
@@ -110,13 +119,16 @@ def _checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
     if "identifier" in columns:
         exprs += [
             _present("identifier").alias(_present_col("identifier")),
-            (pl.col("identifier").str.len_chars() > MAX_IDENTIFIER_CHARS).alias(_ID_LONG),
+            # Bytes first (cheap); _fixes counts the characters where the bytes are over the limit.
+            (pl.col("identifier").str.len_bytes() > MAX_IDENTIFIER_CHARS).alias(_ID_LONG),
         ]
     if "payload_value" in columns:
         value = pl.col("payload_value")
         exprs += [
-            value.cast(pl.Float64, strict=False).alias(_VALUE),
-            value.str.contains(_BLANK_OR_DECIMAL).alias(_VALUE_TEXT_OK),
+            # polars' float parser accepts exactly the decimal grammar, and nan/inf, which are not finite.
+            (value.is_not_null() & (~value.cast(pl.Float64, strict=False).is_finite()).fill_null(True)).alias(
+                _VALUE_BAD
+            ),
             value.str.contains(_TOO_PRECISE).alias(_TOO_PRECISE_COL),
         ]
     return exprs
@@ -125,17 +137,22 @@ def _checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
 def _fixes(spec: LayoutSpec, checked: pl.DataFrame) -> list[pl.Series]:
     """Second looks at the few rows the fast path got wrong: padded numbers, Stripe payloads with gaps."""
 
-    def trimmed(column: str, source: str, dtype: pl.DataType) -> pl.Series:
-        rows = (checked[column].is_null() & checked[source].is_not_null()).arg_true()
-        return _patch(checked, column, rows, pl.col(source).str.strip_chars().cast(dtype, strict=False))
-
-    fixes = [trimmed(_TS, spec.timestamp, pl.Int64())]
-    if spec is STRIPE:
-        # polars' encoder writes null for an empty cell; those rows are rebuilt without the key.
-        members = payload_members(checked.columns)
-        fixes.append(_patch(checked, _PROPS, checked[_PROPS_GAP].arg_true(), json_object(members)))
-        if "payload_value" in checked.columns:
-            fixes.append(trimmed(_VALUE, "payload_value", pl.Float64()))
+    ts_rows = (checked[_TS].is_null() & checked[spec.timestamp].is_not_null()).arg_true()
+    trimmed = pl.col(spec.timestamp).str.strip_chars().cast(pl.Int64, strict=False)
+    fixes = [_patch(checked, _TS, ts_rows, trimmed)]
+    if spec is not STRIPE:
+        return fixes
+    # polars' encoder writes null for an empty cell: those rows are rebuilt without the key.
+    gaps = checked[_PROPS_GAP].arg_true()
+    fixes.append(_patch(checked, _PROPS, gaps, json_object(payload_members(checked.columns))))
+    if _ID_LONG in checked.columns:
+        chars = pl.col("identifier").str.len_chars() > MAX_IDENTIFIER_CHARS
+        fixes.append(_patch(checked, _ID_LONG, checked[_ID_LONG].arg_true(), chars))
+    if _VALUE_BAD in checked.columns:
+        # Padded numbers get a second chance; blank is an absent value (a meter may read another key).
+        value = pl.col("payload_value").str.strip_chars()
+        bad = (value != "") & ~value.cast(pl.Float64, strict=False).is_finite().fill_null(False)
+        fixes.append(_patch(checked, _VALUE_BAD, checked[_VALUE_BAD].arg_true(), bad))
     return fixes
 
 
@@ -143,23 +160,27 @@ def _patch(frame: pl.DataFrame, column: str, rows: pl.Series, expr: pl.Expr) -> 
     """`frame[column]` with `expr`, evaluated on those `rows` (indices) only, written over them."""
     if not rows.len():
         return frame[column]
-    return frame[column].scatter(rows, frame[rows].select(expr).to_series())
+    return frame[column].scatter(rows, _gather(frame, expr.meta.root_names(), rows).select(expr).to_series())
 
 
-def _first_occurrences(keys: pl.DataFrame, eligible: pl.Series) -> pl.Series:
+def _gather(frame: pl.DataFrame, columns: list[str], rows: pl.Series) -> pl.DataFrame:
+    # Column by column: a frame-level select would first realign the chunks of every column.
+    return pl.DataFrame([frame[name].gather(rows) for name in dict.fromkeys(columns)])
+
+
+def _first_occurrences(prepared: pl.DataFrame, key: list[str], eligible: pl.Series) -> pl.Series:
     """True for the eligible rows that are the first eligible row with their key, in row order.
 
     Looking for repeated hashes of the key is several times faster than distinct on the strings; only the
     rows whose hash repeats are then compared exactly, so a hash collision cannot drop an event.
     """
-    hashes = keys.select(pl.struct(pl.all()).hash()).to_series()
-    candidates = hashes.filter(eligible)
-    if candidates.n_unique() == candidates.len():
-        return eligible
-    ordered = candidates.sort()
+    hashes = prepared[_KEY_HASH]
+    ordered = hashes.filter(eligible).sort()
     repeated = ordered.filter(ordered == ordered.shift(1)).unique()
+    if not repeated.len():
+        return eligible
     suspects = (eligible & hashes.is_in(repeated.implode())).arg_true()
-    exact = keys[suspects].select(pl.struct(pl.all()).is_first_distinct()).to_series()
+    exact = _gather(prepared, key, suspects).select(pl.struct(pl.all()).is_first_distinct()).to_series()
     return eligible.scatter(suspects, exact)
 
 
@@ -168,6 +189,10 @@ def _timestamp_ms(spec: LayoutSpec) -> pl.Expr:
     if spec is STRIPE:
         return (pl.col(_TS).clip(_MIN_MS // 1000, UNIT_THRESHOLD) * 1000).alias(_TS_MS)
     return pl.col(_TS).clip(UNIT_THRESHOLD, _MAX_MS).alias(_TS_MS)
+
+
+def _ms(duration: timedelta) -> int:
+    return duration // timedelta(milliseconds=1)  # exact, where float seconds could be off by one
 
 
 def _present(name: str) -> pl.Expr:
@@ -193,9 +218,8 @@ def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: Vali
     field = spec.timestamp
     ts_text = pl.col(field).str.strip_chars()
     ts, ts_ms = pl.col(_TS), pl.col(_TS_MS)
-    arrived_ms = int(file.last_modified.timestamp() * 1000)
-    age_ms = int(limits.max_event_age.total_seconds() * 1000)
-    skew_ms = int(limits.max_future_skew.total_seconds() * 1000)
+    arrived_ms = _ms(file.last_modified.replace(tzinfo=file.last_modified.tzinfo or UTC) - _EPOCH)
+    age_ms, skew_ms = _ms(limits.max_event_age), _ms(limits.max_future_skew)
     iso_time = ts_ms.cast(pl.Datetime("ms")).dt.to_string("%Y-%m-%dT%H:%M:%S%.fZ")
     unit, other_unit = ("seconds", "milliseconds") if spec is STRIPE else ("milliseconds", "seconds")
 
@@ -210,7 +234,10 @@ def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: Vali
             pl.when(ts_text.str.contains(_INTEGER))
             .then(pl.format(f"{field} {{}} is outside the range of a 64-bit integer", ts_text))
             .otherwise(
-                pl.format(f'{field} "{{}}" is not an integer number of {unit} since the Unix epoch', _snippet(ts_text))
+                pl.format(
+                    f'{field} "{{}}" is not an integer number of {unit} since the Unix epoch',
+                    _snippet(ts_text),
+                )
             ),
         )
     )
@@ -254,7 +281,7 @@ def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: Vali
         rules.append(
             _Rule(
                 "invalid_properties",
-                ~(pl.col(_JSON_OK) & pl.col(_PROPS).str.starts_with("{")),
+                ~pl.col(_JSON_OK),
                 pl.format("properties {} is not a JSON object", _snippet(pl.col("properties"))),
             )
         )
@@ -263,7 +290,9 @@ def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: Vali
         _Rule(
             "properties_too_large",
             size > MAX_PROPERTIES_BYTES,
-            pl.format(f"properties are {{}} bytes as compact JSON; the limit is {MAX_PROPERTIES_BYTES} bytes", size),
+            pl.format(
+                f"properties are {{}} bytes as compact JSON; the limit is {MAX_PROPERTIES_BYTES} bytes", size
+            ),
         )
     )
     return rules
@@ -287,14 +316,15 @@ def _stripe_rules(columns: list[str]) -> list[_Rule]:
         rules += [
             _Rule(
                 "invalid_value",
-                # Blank is absent (a meter may read another key); a decimal must also fit a float.
-                ~pl.col(_VALUE_TEXT_OK) | (~pl.col(_VALUE).is_finite()).fill_null(False),
+                pl.col(_VALUE_BAD),
                 pl.format('payload_value "{}" is not a finite decimal number', shown),
             ),
             _Rule(
                 "invalid_value",
                 pl.col(_TOO_PRECISE_COL),
-                pl.format(f"payload_value {{}} has more than {MAX_SIGNIFICANT_DIGITS} significant digits", shown),
+                pl.format(
+                    f"payload_value {{}} has more than {MAX_SIGNIFICANT_DIGITS} significant digits", shown
+                ),
             ),
         ]
     return rules
@@ -327,30 +357,43 @@ def _human_duration(ms: pl.Expr) -> pl.Expr:
     return expr
 
 
-def _events(prepared: pl.DataFrame, spec: LayoutSpec, file: FileVersion) -> pl.DataFrame:
+def _events(valid: pl.LazyFrame, spec: LayoutSpec, file: FileVersion) -> pl.DataFrame:
     none = pl.lit(None, pl.String)
     stripe = spec is STRIPE
-    return prepared.select(
-        pl.col(_EVENT_ID).alias("event_id"),
-        pl.lit(spec.name).alias("layout"),
-        (pl.col("event_name") if stripe else none).alias("event_name"),
-        (pl.col(STRIPE_CUSTOMER) if stripe else none).alias("customer_id"),
-        (none if stripe else pl.col("subscription_id")).alias("subscription_id"),
-        pl.col(_TS_MS).cast(pl.Datetime("ms")).alias("ts"),
-        pl.col(_PROPS).alias("properties"),
-        pl.lit(file.key).alias("source_file"),
-        pl.lit(file.etag).alias("source_etag"),
-        pl.col(_ROW).alias("source_row"),
-    ).cast(EVENT_SCHEMA)  # type: ignore[arg-type]
+    return (
+        valid.select(
+            pl.col(_EVENT_ID).alias("event_id"),
+            pl.lit(spec.name).alias("layout"),
+            (pl.col("event_name") if stripe else none).alias("event_name"),
+            (pl.col(STRIPE_CUSTOMER) if stripe else none).alias("customer_id"),
+            (none if stripe else pl.col("subscription_id")).alias("subscription_id"),
+            pl.col(_TS_MS).cast(pl.Datetime("ms")).alias("ts"),
+            pl.col(_PROPS).alias("properties"),
+            pl.lit(file.key).alias("source_file"),
+            pl.lit(file.etag).alias("source_etag"),
+            pl.col(_ROW).alias("source_row"),
+        )
+        .cast(EVENT_SCHEMA)
+        .collect()
+    )
 
 
 def _rejects(bad: pl.DataFrame, raw: pl.DataFrame, rules: list[_Rule], file: FileVersion) -> pl.DataFrame:
     rule = pl.col(_RULE)
-    return bad.select(
-        pl.lit(file.key).alias("source_file"),
-        pl.lit(file.etag).alias("source_etag"),
-        pl.col(_ROW).alias("source_row"),
-        rule.replace_strict({i: r.code for i, r in enumerate(rules)}, return_dtype=pl.String).alias("error_code"),
-        pl.coalesce(pl.when(rule == i).then(r.message) for i, r in enumerate(rules)).alias("error_message"),
-        raw.select(pl.struct(pl.all()).struct.json_encode()).to_series().alias("raw_record"),
-    ).cast(REJECT_SCHEMA)  # type: ignore[arg-type]
+    code = rule.replace_strict({i: r.code for i, r in enumerate(rules)}, return_dtype=pl.String)
+    message = pl.coalesce(pl.when(rule == i).then(r.message) for i, r in enumerate(rules))
+    raw_record = raw.select(pl.struct(pl.all()).struct.json_encode().alias("raw_record"))
+    # Rechunked (few rows, cheap): polars 2.1 can panic evaluating string expressions over columns whose
+    # chunks do not line up, as the working columns' do not.
+    return (
+        bad.rechunk()
+        .select(
+            pl.lit(file.key).alias("source_file"),
+            pl.lit(file.etag).alias("source_etag"),
+            pl.col(_ROW).alias("source_row"),
+            code.alias("error_code"),
+            message.alias("error_message"),
+        )
+        .hstack(raw_record)
+        .cast(REJECT_SCHEMA)
+    )

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from usage_pipeline.billing.periods import periods_ending_on
 from usage_pipeline.catalog.model import Catalog, Meter
-from usage_pipeline.catalog.publish import TIMESTAMP_TYPE, naive_utc, registered
+from usage_pipeline.catalog.publish import TIMESTAMP_TYPE, catalog_relations, naive_utc, registered
 from usage_pipeline.metering import sql
 
 
@@ -51,10 +51,24 @@ def plan_close(catalog: Catalog, close_date: date, now: datetime) -> ClosePlan:
     cutoff = naive_utc(now)
     over: list[ClosingPeriod] = []
     waiting: list[ClosingPeriod] = []
+    # Periods depend only on the schedule; subscriptions sharing one (imports, calendar-aligned anchors)
+    # are computed once.
+    memo: dict[tuple[object, ...], list[tuple[datetime, datetime]]] = {}
     for sub in catalog.subscriptions:
-        for period in periods_ending_on(sub, close_date):
-            closing = ClosingPeriod(sub.id, sub.customer_id, naive_utc(period.start), naive_utc(period.end))
-            (over if closing.end <= cutoff else waiting).append(closing)
+        key = (
+            sub.billing_period_unit,
+            sub.billing_period,
+            sub.billing_anchor,
+            sub.started_at,
+            sub.cancelled_at,
+        )
+        periods = memo.get(key)
+        if periods is None:
+            periods = [(naive_utc(p.start), naive_utc(p.end)) for p in periods_ending_on(sub, close_date)]
+            memo[key] = periods
+        for start, end in periods:
+            closing = ClosingPeriod(sub.id, sub.customer_id, start, end)
+            (over if end <= cutoff else waiting).append(closing)
     return ClosePlan(close_date, tuple(over), tuple(waiting))
 
 
@@ -63,79 +77,45 @@ def _json_pointer(key: str) -> str:
     return "/" + key.replace("~", "~0").replace("/", "~1")
 
 
-def _property_paths(meters: Iterable[Meter]) -> list[str]:
-    keys: dict[str, None] = {}
-    for meter in meters:
-        keys[meter.value_property] = None
-        for key in meter.filters:
-            keys[key] = None
-    return list(keys)
-
-
-def catalog_relations(catalog: Catalog) -> tuple[list[str], dict[str, pa.Table]]:
-    """The JSON pointers to parse from each event and the catalog relations the metering SQL joins."""
-    keys = _property_paths(catalog.meters) or ["value"]
-    index = {key: i + 1 for i, key in enumerate(keys)}  # DuckDB lists are 1-based
-    residual_type = pa.list_(pa.struct([("idx", pa.int32()), ("vals", pa.list_(pa.string()))]))
+def meter_relations(catalog: Catalog) -> dict[str, pa.Table]:
+    """The meters as the relations the matching SQL joins (mt_cat_meters, _meter_keys, _join_keys)."""
+    filter_type = pa.list_(pa.struct([("path", pa.string()), ("vals", pa.list_(pa.string()))]))
 
     def residual(meter: Meter) -> list[dict[str, object]] | None:
         # Chargebee meters are joined on their first filter; Stripe meters check all their filters here.
         filters = list(meter.filters.items())
         checked = filters if meter.event_name is not None else filters[1:]
-        return [{"idx": index[k], "vals": list(v)} for k, v in checked] or None
+        return [{"path": _json_pointer(k), "vals": list(v)} for k, v in checked] or None
 
     meters = catalog.meters
     key_rows = [
-        (m.id, index[key], value)
+        (m.id, _json_pointer(key), value)
         for m in meters
         if m.event_name is None and m.filters
         for key, values in list(m.filters.items())[:1]
         for value in values
     ]
-    sub_meters: dict[tuple[str, str], object] = {}
-    for sub in catalog.subscriptions:
-        for price in catalog.prices_of(sub):
-            if price.meter is not None:
-                sub_meters[(sub.id, price.meter)] = sub
-    subs = catalog.subscriptions
-    relations = {
+    # At least one (NULL) join key, so that Chargebee events still get their no-match row.
+    join_keys = sorted({path for _, path, _ in key_rows}) or [None]
+    return {
         "mt_cat_meters": pa.table(
             {
-                "meter_id": [m.id for m in meters],
+                "meter_id": pa.array([m.id for m in meters], type=pa.string()),
                 "event_name": pa.array([m.event_name for m in meters], type=pa.string()),
-                "aggregation": [m.aggregation for m in meters],
-                "value_idx": pa.array([index[m.value_property] for m in meters], type=pa.int32()),
-                "residual": pa.array([residual(m) for m in meters], type=residual_type),
+                "aggregation": pa.array([m.aggregation for m in meters], type=pa.string()),
+                "value_path": pa.array([_json_pointer(m.value_property) for m in meters], type=pa.string()),
+                "residual": pa.array([residual(m) for m in meters], type=filter_type),
             }
         ),
         "mt_cat_meter_keys": pa.table(
             {
                 "meter_id": pa.array([r[0] for r in key_rows], type=pa.string()),
-                "key_idx": pa.array([r[1] for r in key_rows], type=pa.int32()),
+                "key_path": pa.array([r[1] for r in key_rows], type=pa.string()),
                 "value": pa.array([r[2] for r in key_rows], type=pa.string()),
             }
         ),
-        "mt_cat_sub_meters": pa.table(
-            {
-                "subscription_id": pa.array([s for s, _ in sub_meters], type=pa.string()),
-                "customer_id": pa.array([s.customer_id for s in sub_meters.values()], type=pa.string()),
-                "meter_id": pa.array([m for _, m in sub_meters], type=pa.string()),
-                "started_at": pa.array(
-                    [naive_utc(s.started_at) for s in sub_meters.values()], type=TIMESTAMP_TYPE
-                ),
-                "cancelled_at": pa.array(
-                    [naive_utc(s.cancelled_at) for s in sub_meters.values()], type=TIMESTAMP_TYPE
-                ),
-            }
-        ),
-        "mt_cat_subs": pa.table(
-            {
-                "subscription_id": pa.array([s.id for s in subs], type=pa.string()),
-                "customer_id": pa.array([s.customer_id for s in subs], type=pa.string()),
-            }
-        ),
+        "mt_cat_join_keys": pa.table({"key_path": pa.array(join_keys, type=pa.string())}),
     }
-    return [_json_pointer(k) for k in keys], relations
 
 
 def periods_table(periods: Iterable[ClosingPeriod]) -> pa.Table:
@@ -159,16 +139,18 @@ def compute_metering(
     Returns the event-time window looked at ([earliest start, latest end)), None when no period.
     Writes nothing else: the caller copies the workspace (write_metering) or reads it (late usage).
     """
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE mt_periods AS SELECT * FROM {periods_relation}")
-    lo, hi = conn.execute("SELECT min(period_start), max(period_end) FROM mt_periods").fetchall()[0]
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE mt_periods AS "
+        f"SELECT subscription_id, customer_id, period_start, period_end FROM {periods_relation}"
+    )
+    lo, hi = conn.execute(sql.WINDOW).fetchall()[0]
     if lo is None:
         # Nothing closes: an empty window still creates the workspace tables for the writers.
         lo = hi = datetime(1970, 1, 1)
-    paths, relations = catalog_relations(catalog)
-    with registered(conn, relations):
+    with registered(conn, {**catalog_relations(catalog), **meter_relations(catalog)}):
+        conn.execute(sql.CREATE_SUBSCRIPTION_METERS)
         conn.execute(sql.CREATE_ROUTES)
-        conn.execute(sql.CREATE_WINDOW_EVENTS, {"paths": paths, "window_start": lo, "window_end": hi})
-        conn.execute(sql.CREATE_MATCHES)
+        conn.execute(sql.CREATE_MATCHES, {"window_start": lo, "window_end": hi})
         conn.execute(sql.CREATE_USAGE)
         conn.execute(sql.CREATE_EXCEPTIONS)
     return None if lo == hi else (lo, hi)

@@ -1,0 +1,151 @@
+"""Asset checks of the billing domain, and the Markdown tables they show in the Dagster UI."""
+
+
+from collections.abc import Iterable, Sequence
+from datetime import date
+
+import dagster as dg
+import duckdb as duckdb_module
+
+from usage_pipeline.billing import sql
+from usage_pipeline.billing.late import find_late_usage
+from usage_pipeline.catalog.model import CatalogError, load_catalog
+from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+
+SAMPLES_PER_CODE = 5
+MAX_TABLE_ROWS = 50
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], limit: int = MAX_TABLE_ROWS) -> str:
+    """A Markdown table (pipes escaped), cut after `limit` rows with a note saying how many were left."""
+
+    def cell(value: object) -> str:
+        return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    all_rows = list(rows)
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in all_rows[:limit]]
+    if len(all_rows) > limit:
+        lines.append(f"\n… and {len(all_rows) - limit} more")
+    return "\n".join(lines)
+
+
+def usage_exceptions_result(conn: duckdb_module.DuckDBPyConnection, close_date: date) -> dg.AssetCheckResult:
+    """WARN when the close date's metering found data issues: counts per code and samples of each."""
+    counts = conn.execute(sql.EXCEPTION_COUNTS, {"close_date": close_date}).fetchall()
+    samples = conn.execute(
+        sql.EXCEPTION_SAMPLES, {"close_date": close_date, "per_code": SAMPLES_PER_CODE}
+    ).fetchall()
+    total = sum(n for _, n in counts)
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "exceptions": total,
+        **{f"code:{code}": n for code, n in counts},
+        "counts": dg.MetadataValue.md(md_table(["code", "events"], counts)),
+    }
+    if samples:
+        headers = ["code", "event_id", "subscription", "customer", "meter", "file", "row", "detail"]
+        metadata["samples"] = dg.MetadataValue.md(md_table(headers, samples))
+    return dg.AssetCheckResult(
+        check_name="usage_exceptions_found",
+        asset_key="usage_exceptions",
+        passed=total == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=None if total == 0 else f"{total} events could not be (fully) metered; see samples",
+    )
+
+
+def invoice_totals_result(conn: duckdb_module.DuckDBPyConnection, close_date: date) -> dg.AssetCheckResult:
+    rows = conn.execute(sql.INVOICE_TOTAL_MISMATCHES, {"close_date": close_date}).fetchall()
+    headers = ["invoice", "subscription", "currency", "total", "lines", "sum of lines", "line rows"]
+    return dg.AssetCheckResult(
+        check_name="invoice_totals_match_lines",
+        asset_key="pending_invoices",
+        passed=not rows,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "mismatched_invoices": len(rows),
+            **({"invoices": dg.MetadataValue.md(md_table(headers, rows))} if rows else {}),
+        },
+    )
+
+
+def lines_without_events_result(
+    conn: duckdb_module.DuckDBPyConnection, close_date: date
+) -> dg.AssetCheckResult:
+    rows = conn.execute(sql.LINES_WITHOUT_EVENTS, {"close_date": close_date}).fetchall()
+    headers = ["line item", "invoice", "subscription", "price", "meter", "period end"]
+    return dg.AssetCheckResult(
+        check_name="no_line_without_events",
+        asset_key="invoice_line_items",
+        passed=not rows,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "lines_without_events": len(rows),
+            **({"lines": dg.MetadataValue.md(md_table(headers, rows))} if rows else {}),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=dg.AssetKey("usage_events"),
+    name="late_usage",
+    description=(
+        "Events ingested after their billing period was closed: stored, not on the closed invoice, billed "
+        "when that close date is materialized again. Shows subscriptions, periods, events and the money "
+        "at stake (re-rated total minus the invoiced one)."
+    ),
+    blocking=False,
+)
+def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheckResult:
+    path = settings.get().catalog_path
+    try:
+        catalog = load_catalog(path)
+    except CatalogError as exc:
+        raise dg.Failure(description=str(exc), metadata={"catalog": path}) from exc
+    with duckdb.get_connection() as conn:
+        report = find_late_usage(conn, catalog)
+    rows = [
+        (
+            p.close_date,
+            p.subscription_id,
+            p.period_start,
+            p.period_end,
+            p.late_events,
+            p.currency,
+            p.invoiced_total,
+            p.rerated_total,
+            p.at_stake,
+        )
+        for p in report.periods
+    ]
+    headers = [
+        "close date",
+        "subscription",
+        "period start",
+        "period end",
+        "late events",
+        "currency",
+        "invoiced",
+        "re-rated",
+        "at stake",
+    ]
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "late_events": report.late_events,
+        "periods": len(report.periods),
+        "close_dates_to_reclose": ", ".join(d.isoformat() for d in report.close_dates) or "none",
+        **{f"at_stake:{currency}": str(amount) for currency, amount in report.at_stake_by_currency.items()},
+    }
+    if rows:
+        metadata["late_periods"] = dg.MetadataValue.md(md_table(headers, rows))
+    return dg.AssetCheckResult(
+        passed=not rows,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=(
+            None
+            if not rows
+            else f"{report.late_events} late events in {len(rows)} closed periods: re-close "
+            + ", ".join(d.isoformat() for d in report.close_dates)
+        ),
+    )

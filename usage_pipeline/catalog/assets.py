@@ -1,0 +1,45 @@
+"""The catalog assets: the validated YAML catalog published to DuckDB tables (one multi-asset)."""
+
+
+import dagster as dg
+
+from usage_pipeline.catalog.model import CatalogError, load_catalog
+from usage_pipeline.catalog.publish import CATALOG_COLUMNS, publish_catalog
+from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+
+CATALOG_KEYS: tuple[dg.AssetKey, ...] = tuple(dg.AssetKey(name) for name in CATALOG_COLUMNS)
+
+_DESCRIPTIONS = {
+    "meters": "Meters of the catalog: what to aggregate, matched by event_name and/or property filters.",
+    "prices": "Prices of the catalog: pricing model, currency and amounts (decimal).",
+    "subscriptions": "Subscriptions of the catalog: customer, currency, billing period and anchor.",
+    "subscription_prices": "Which prices each subscription holds.",
+}
+
+
+@dg.multi_asset(
+    name="catalog",
+    specs=[
+        dg.AssetSpec(key, group_name="catalog", kinds={"duckdb"}, description=_DESCRIPTIONS[key.path[-1]])
+        for key in CATALOG_KEYS
+    ],
+    pool="duckdb",
+)
+def catalog(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: PipelineSettings):
+    """Validate the catalog (USAGE_CATALOG_PATH) and replace the four catalog tables in one transaction.
+
+    A broken catalog fails the run with the message naming every offending entry; nothing is published
+    and nothing downstream (metering, billing) runs.
+    """
+    path = settings.get().catalog_path
+    try:
+        loaded = load_catalog(path)
+    except CatalogError as exc:
+        raise dg.Failure(description=str(exc), metadata={"catalog": path}) from exc
+    with duckdb.get_connection() as conn:
+        counts = publish_catalog(conn, loaded)
+    context.log.info(f"published catalog {path}: {counts}")
+    for key in CATALOG_KEYS:
+        yield dg.MaterializeResult(
+            asset_key=key, metadata={"rows": counts[key.path[-1]], "catalog": dg.MetadataValue.path(path)}
+        )

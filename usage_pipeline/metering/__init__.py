@@ -1,0 +1,1 @@
+"""Metering: stored usage events -> quantities per subscription, meter and billing period."""

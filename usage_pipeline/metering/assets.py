@@ -1,0 +1,96 @@
+"""The metering assets of a close date: meter_usage, usage_exceptions and metered_events (one step)."""
+
+
+import time
+from datetime import UTC, date, datetime
+
+import dagster as dg
+
+from usage_pipeline.billing.checks import md_table, usage_exceptions_result
+from usage_pipeline.billing.partitions import close_partitions
+from usage_pipeline.catalog.assets import CATALOG_KEYS
+from usage_pipeline.catalog.model import Catalog, CatalogError, load_catalog
+from usage_pipeline.metering.meter import close_metering
+from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+
+USAGE_EVENTS = dg.AssetKey("usage_events")
+METERING_KEYS = (dg.AssetKey("meter_usage"), dg.AssetKey("usage_exceptions"), dg.AssetKey("metered_events"))
+
+_DESCRIPTIONS = {
+    "meter_usage": "Quantity and event count per subscription, meter and billing period closed on the date.",
+    "usage_exceptions": "Events of the close window that could not be metered, with a code and a detail.",
+    "metered_events": "Lineage: every event counted into a (subscription, meter, period), by file and row.",
+}
+
+
+def load_catalog_or_fail(settings: PipelineSettings) -> Catalog:
+    """The catalog of the run; a broken one fails the step with the message naming the entries."""
+    path = settings.get().catalog_path
+    try:
+        return load_catalog(path)
+    except CatalogError as exc:
+        raise dg.Failure(description=str(exc), metadata={"catalog": path}) from exc
+
+
+@dg.multi_asset(
+    name="metering",
+    specs=[
+        dg.AssetSpec(
+            key,
+            deps=[USAGE_EVENTS, *CATALOG_KEYS],
+            group_name="metering",
+            kinds={"duckdb"},
+            description=_DESCRIPTIONS[key.path[-1]],
+        )
+        for key in METERING_KEYS
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "usage_exceptions_found",
+            asset="usage_exceptions",
+            description="WARN when events of the close window could not be metered (counts, samples).",
+        )
+    ],
+    partitions_def=close_partitions,
+    pool="duckdb",
+)
+def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: PipelineSettings):
+    """Meter every subscription period ending on the partition's day (UTC) that is over by now, replacing
+    the day's rows in one transaction. Periods ending later today are skipped and listed."""
+    close_date = date.fromisoformat(context.partition_key)
+    catalog = load_catalog_or_fail(settings)
+    started = time.perf_counter()
+    with duckdb.get_connection() as conn:
+        result = close_metering(conn, catalog, close_date, now=datetime.now(UTC), run_id=context.run.run_id)
+        check = usage_exceptions_result(conn, close_date)
+    seconds = round(time.perf_counter() - started, 3)
+    if result.not_over:
+        context.log.warning(
+            f"{len(result.not_over)} periods ending on {close_date} are not over yet: skipped"
+        )
+    common: dict[str, dg.RawMetadataValue] = {
+        "close_date": close_date.isoformat(),
+        "periods_closed": result.periods_closed,
+        "periods_not_over": len(result.not_over),
+        "seconds": seconds,
+    }
+    if result.not_over:
+        common["not_over"] = dg.MetadataValue.md(
+            md_table(
+                ["subscription", "period start", "period end"],
+                [(p.subscription_id, p.start, p.end) for p in result.not_over],
+            )
+        )
+    yield dg.MaterializeResult(asset_key="meter_usage", metadata={**common, "usage_rows": result.usage_rows})
+    yield dg.MaterializeResult(
+        asset_key="usage_exceptions",
+        metadata={
+            **common,
+            "exceptions": sum(result.exceptions.values()),
+            **{f"code:{code}": n for code, n in result.exceptions.items()},
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="metered_events", metadata={**common, "events_metered": result.events_metered}
+    )
+    yield check
