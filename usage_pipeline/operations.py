@@ -13,7 +13,7 @@ from filelock import FileLock, Timeout
 
 from usage_pipeline.ingest.assets import HOST_TAG, INGEST_JOB_NAME, PID_TAG
 from usage_pipeline.ingest.model import STATUS_FAILED
-from usage_pipeline.ingest.sensors import SENSOR_NAME, evaluate_sensor
+from usage_pipeline.ingest.sensors import SENSOR_NAME, evaluate_sensor, fail_dead_runs
 from usage_pipeline.ingest.store import FileOutcome
 from usage_pipeline.local_s3 import s3_client
 from usage_pipeline.settings import Settings
@@ -116,7 +116,9 @@ def run_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, settings: Set
         result = IngestResult()
         job = defs.resolve_job_def(INGEST_JOB_NAME)
         stored = instance.run_storage.get_cursor_values({CLI_CURSOR_KEY, CLI_PENDING_KEY})
-        # Requests of an earlier evaluation whose process died before running them all.
+        # Runs of a killed process first give back their pool slot; then the requests of an earlier
+        # evaluation whose process died before running them all.
+        fail_dead_runs(instance)
         for request in _decode_requests(stored.get(CLI_PENDING_KEY)):
             _execute(instance, job, request, result)
         outcome = evaluate_sensor(

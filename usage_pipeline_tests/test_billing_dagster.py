@@ -35,9 +35,7 @@ subscriptions:
 def _settings(tmp_path: Path, catalog_text: str = CATALOG, grace: str = "PT1H") -> Settings:
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(catalog_text)
-    return Settings(
-        catalog_path=str(catalog), duckdb_path=str(tmp_path / "usage.duckdb"), close_grace=grace
-    )
+    return Settings(catalog_path=str(catalog), duckdb_path=str(tmp_path / "usage.duckdb"), close_grace=grace)
 
 
 def _definitions(settings: Settings) -> dg.Definitions:
@@ -131,9 +129,11 @@ def test_late_usage_check_reports_money_at_stake(tmp_path: Path, instance: dg.Da
     settings = _settings(tmp_path)
     _store_events(settings.duckdb_path)
     defs = _definitions(settings)
-    assert defs.resolve_job_def("period_close").execute_in_process(
-        partition_key="2026-03-02", instance=instance
-    ).success
+    assert (
+        defs.resolve_job_def("period_close")
+        .execute_in_process(partition_key="2026-03-02", instance=instance)
+        .success
+    )
     with duckdb.connect(settings.duckdb_path) as conn:
         conn.execute(
             "INSERT INTO usage_events VALUES ('late', 'stripe', 'api_call', 'cus_s', NULL, "
@@ -141,9 +141,11 @@ def test_late_usage_check_reports_money_at_stake(tmp_path: Path, instance: dg.Da
             [datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=1)],
         )
     job = dg.define_asset_job("check_late", selection=dg.AssetSelection.checks_for_assets("usage_events"))
-    result = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(
-        "check_late"
-    ).execute_in_process(instance=instance)
+    result = (
+        dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+        .resolve_job_def("check_late")
+        .execute_in_process(instance=instance)
+    )
 
     (evaluation,) = result.get_asset_check_evaluations()  # type: ignore[attr-defined]
     assert evaluation.check_name == "late_usage"

@@ -22,7 +22,9 @@ DAILY = {"started_at": "2026-01-01T00:00:00Z", "billing_period_unit": "day"}
 _rows = itertools.count(1)
 
 
-def make_catalog(meters: list[dict[str, Any]], prices: list[dict[str, Any]], subs: list[dict[str, Any]]) -> Catalog:
+def make_catalog(
+    meters: list[dict[str, Any]], prices: list[dict[str, Any]], subs: list[dict[str, Any]]
+) -> Catalog:
     subscriptions = [{"currency": "USD", **DAILY, **s} for s in subs]
     priced = [{"currency": "USD", **p} for p in prices]
     return Catalog.model_validate({"meters": meters, "prices": priced, "subscriptions": subscriptions})
@@ -35,9 +37,7 @@ def conn() -> Iterator[duckdb.DuckDBPyConnection]:
     connection.close()
 
 
-def stripe(
-    conn: duckdb.DuckDBPyConnection, name: str, customer: str, ts: str, **props: Any
-) -> str:
+def stripe(conn: duckdb.DuckDBPyConnection, name: str, customer: str, ts: str, **props: Any) -> str:
     return _insert(conn, "stripe", ts, props, event_name=name, customer_id=customer)
 
 
@@ -61,8 +61,18 @@ def _insert(
     event_id = f"evt_{row}"
     conn.execute(
         "INSERT INTO usage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'etag', ?, ?)",
-        [event_id, layout, event_name, customer_id, subscription_id, ts, json.dumps(props), source_file, row,
-         ingested_at],
+        [
+            event_id,
+            layout,
+            event_name,
+            customer_id,
+            subscription_id,
+            ts,
+            json.dumps(props),
+            source_file,
+            row,
+            ingested_at,
+        ],
     )
     return event_id
 
@@ -126,10 +136,18 @@ def test_latest_tie_on_timestamp_goes_to_the_last_ingested(conn: duckdb.DuckDBPy
 def test_chargebee_filters_with_lists_and_several_properties(conn: duckdb.DuckDBPyConnection) -> None:
     catalog = make_catalog(
         [
-            {"id": "storage", "filters": {"feature": ["storage", "disk"]}, "aggregation": "sum",
-             "value_property": "gb"},
-            {"id": "eu_seats", "filters": {"feature": "seats", "region": "eu"}, "aggregation": "unique_count",
-             "value_property": "user_id"},
+            {
+                "id": "storage",
+                "filters": {"feature": ["storage", "disk"]},
+                "aggregation": "sum",
+                "value_property": "gb",
+            },
+            {
+                "id": "eu_seats",
+                "filters": {"feature": "seats", "region": "eu"},
+                "aggregation": "unique_count",
+                "value_property": "user_id",
+            },
         ],
         [
             {"id": "p_storage", "meter": "storage", "model": "per_unit", "unit_amount": "1"},
@@ -186,13 +204,23 @@ def test_stripe_customer_goes_to_the_earliest_active_subscription_pricing_the_me
         RESOLUTION_PRICES,
         [
             # Earliest but cancelled before noon on 03-01.
-            {"id": "sub_old", "customer_id": "cus", "price_ids": ["p_calls"],
-             "started_at": "2025-12-01T00:00:00Z", "cancelled_at": "2026-03-01T12:00:00Z"},
+            {
+                "id": "sub_old",
+                "customer_id": "cus",
+                "price_ids": ["p_calls"],
+                "started_at": "2025-12-01T00:00:00Z",
+                "cancelled_at": "2026-03-01T12:00:00Z",
+            },
             # Same started_at: the smallest id wins.
             {"id": "sub_b", "customer_id": "cus", "price_ids": ["p_calls"]},
             {"id": "sub_a", "customer_id": "cus", "price_ids": ["p_calls"]},
             # Earliest of all, but holds no price on the meter.
-            {"id": "sub_flat", "customer_id": "cus", "price_ids": ["base"], "started_at": "2025-01-01T00:00:00Z"},
+            {
+                "id": "sub_flat",
+                "customer_id": "cus",
+                "price_ids": ["base"],
+                "started_at": "2025-01-01T00:00:00Z",
+            },
         ],
     )
     stripe(conn, "api_call", "cus", "2026-03-01 08:00:00")
@@ -213,8 +241,13 @@ def test_stripe_event_before_any_subscription_started(conn: duckdb.DuckDBPyConne
         RESOLUTION_METERS,
         RESOLUTION_PRICES,
         [
-            {"id": "sub", "customer_id": "cus", "price_ids": ["p_calls"], "started_at": "2026-03-01T12:00:00Z",
-             "billing_anchor": "2026-01-01T00:00:00Z"},
+            {
+                "id": "sub",
+                "customer_id": "cus",
+                "price_ids": ["p_calls"],
+                "started_at": "2026-03-01T12:00:00Z",
+                "billing_anchor": "2026-01-01T00:00:00Z",
+            },
             # Another period closing the same day, from midnight: the window covers the early event.
             {"id": "sub_other", "customer_id": "cus_other", "price_ids": ["p_calls"]},
         ],
@@ -233,7 +266,12 @@ def test_each_exception_code(conn: duckdb.DuckDBPyConnection) -> None:
         [
             {"id": "calls", "event_name": "api_call", "aggregation": "count"},
             {"id": "tokens", "event_name": "tokens", "aggregation": "sum"},
-            {"id": "storage", "filters": {"feature": "storage"}, "aggregation": "max", "value_property": "gb"},
+            {
+                "id": "storage",
+                "filters": {"feature": "storage"},
+                "aggregation": "max",
+                "value_property": "gb",
+            },
         ],
         [
             {"id": "p_calls", "meter": "calls", "model": "per_unit", "unit_amount": "1"},
@@ -286,7 +324,9 @@ def test_each_exception_code(conn: duckdb.DuckDBPyConnection) -> None:
 def test_chargebee_usage_of_a_subscription_added_later_is_billed_on_reclose(
     conn: duckdb.DuckDBPyConnection,
 ) -> None:
-    meters = [{"id": "storage", "filters": {"feature": "storage"}, "aggregation": "max", "value_property": "gb"}]
+    meters = [
+        {"id": "storage", "filters": {"feature": "storage"}, "aggregation": "max", "value_property": "gb"}
+    ]
     prices = [{"id": "p", "meter": "storage", "model": "per_unit", "unit_amount": "1"}]
     before = make_catalog(meters, prices, [{"id": "sub_1", "customer_id": "c1", "price_ids": ["p"]}])
     event = chargebee(conn, "sub_2", "2026-03-01 10:00:00", feature="storage", gb=40)
@@ -331,8 +371,12 @@ def test_periods_not_over_are_skipped_and_reported(conn: duckdb.DuckDBPyConnecti
         RESOLUTION_PRICES,
         [
             {"id": "midnight", "customer_id": "c1", "price_ids": ["p_calls"]},
-            {"id": "afternoon", "customer_id": "c2", "price_ids": ["p_calls"],
-             "started_at": "2026-01-01T15:00:00Z"},
+            {
+                "id": "afternoon",
+                "customer_id": "c2",
+                "price_ids": ["p_calls"],
+                "started_at": "2026-01-01T15:00:00Z",
+            },
         ],
     )
     result = close_metering(conn, catalog, CLOSE, now=datetime(2026, 3, 2, 9, 0, tzinfo=UTC))

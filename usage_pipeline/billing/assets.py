@@ -1,6 +1,5 @@
 """The billing assets of a close date: invoice_line_items and pending_invoices, with their checks."""
 
-
 import time
 from datetime import UTC, date, datetime
 

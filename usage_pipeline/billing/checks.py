@@ -1,6 +1,5 @@
 """Asset checks of the billing domain, and the Markdown tables they show in the Dagster UI."""
 
-
 from collections.abc import Iterable, Sequence
 from datetime import date
 

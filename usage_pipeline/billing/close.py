@@ -14,6 +14,7 @@ from usage_pipeline.billing import sql
 from usage_pipeline.billing.pricing import rate
 from usage_pipeline.catalog.model import Catalog
 from usage_pipeline.catalog.publish import QUANTITY_TYPE, catalog_relations, naive_utc, registered
+from usage_pipeline.metering.meter import MeteringResult, close_metering
 
 AMOUNT_TYPE = pa.decimal128(38, 4)
 
@@ -116,3 +117,16 @@ def close_billing(
         lines=sum(t.lines for t in totals),
         totals=totals,
     )
+
+
+def close_day(
+    conn: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    close_date: date,
+    now: datetime | None = None,
+    run_id: str | None = None,
+) -> tuple[MeteringResult, BillingResult]:
+    """Meter then rate `close_date` (what the period_close job does, without Dagster)."""
+    now = now or datetime.now(UTC)
+    metering = close_metering(conn, catalog, close_date, now=now, run_id=run_id)
+    return metering, close_billing(conn, catalog, close_date, now=now)

@@ -1,6 +1,5 @@
 """The period-close schedule: day D is closed at D+1 00:00 UTC plus the grace for late files."""
 
-
 import math
 from datetime import UTC, datetime, timedelta
 

@@ -1,6 +1,5 @@
 """The catalog assets: the validated YAML catalog published to DuckDB tables (one multi-asset)."""
 
-
 import dagster as dg
 
 from usage_pipeline.catalog.model import CatalogError, load_catalog

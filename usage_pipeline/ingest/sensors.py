@@ -86,6 +86,8 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
         pid = run.tags.get(PID_TAG)
         if run.tags.get(HOST_TAG) == host and pid and pid.isdigit() and not _process_alive(int(pid)):
             instance.report_run_failed(run, message=f"ingest process {pid} on {host} is gone (killed?)")
+            # Its claim on the "duckdb" pool died with it; without this every later run would queue forever.
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             dead.append(run.run_id)
     return dead
 

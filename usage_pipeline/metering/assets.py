@@ -1,6 +1,5 @@
 """The metering assets of a close date: meter_usage, usage_exceptions and metered_events (one step)."""
 
-
 import time
 from datetime import UTC, date, datetime
 

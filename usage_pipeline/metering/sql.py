@@ -124,27 +124,32 @@ CREATE_MATCHES = """
 COUNTED = "subscription_id IS NOT NULL AND period_end IS NOT NULL AND value_state = 'ok'"
 
 # One row per (subscription, meter, period) with at least one counted event. The aggregation is constant
-# within a group; FILTER keeps each aggregate to the groups that use it. `latest` ties on ts go to the
-# last ingested event (then file and row, for a stable answer).
+# within a group. unique_count is computed apart so that only its rows go through DISTINCT; `latest` ties
+# on ts go to the last ingested event (then file and row, for a stable answer).
 CREATE_USAGE = f"""
     CREATE OR REPLACE TEMP TABLE mt_usage AS
     WITH usage AS (
-    SELECT subscription_id, meter_id, period_end,
-           CAST(CASE aggregation
-                WHEN 'count' THEN CAST(count(*) AS DECIMAL(38, 12))
-                WHEN 'sum' THEN sum(value) FILTER (WHERE aggregation = 'sum')
-                WHEN 'max' THEN max(value) FILTER (WHERE aggregation = 'max')
-                WHEN 'min' THEN min(value) FILTER (WHERE aggregation = 'min')
-                WHEN 'latest' THEN arg_max(value, (ts, ingested_at, source_file, source_row))
-                                   FILTER (WHERE aggregation = 'latest')
-                WHEN 'unique_count' THEN CAST(count(DISTINCT raw_value)
-                                              FILTER (WHERE aggregation = 'unique_count') AS DECIMAL(38, 12))
-                END AS DECIMAL(38, 12)) AS quantity,
-           count(*) AS event_count
-    FROM mt_matches
-    WHERE {COUNTED}
-    GROUP BY subscription_id, meter_id, aggregation, period_end)
-    SELECT u.subscription_id, u.meter_id, p.period_start, u.period_end, u.quantity, u.event_count
+        SELECT subscription_id, meter_id, period_end,
+               CASE aggregation
+                   WHEN 'count' THEN CAST(count(*) AS DECIMAL(38, 12))
+                   WHEN 'sum' THEN sum(value)
+                   WHEN 'max' THEN max(value)
+                   WHEN 'min' THEN min(value)
+                   WHEN 'latest' THEN arg_max(value, (ts, ingested_at, source_file, source_row))
+                                      FILTER (WHERE aggregation = 'latest')
+               END AS quantity,
+               count(*) AS event_count
+        FROM mt_matches
+        WHERE {COUNTED} AND aggregation <> 'unique_count'
+        GROUP BY subscription_id, meter_id, aggregation, period_end
+        UNION ALL
+        SELECT subscription_id, meter_id, period_end, CAST(count(DISTINCT raw_value) AS DECIMAL(38, 12)),
+               count(*)
+        FROM mt_matches
+        WHERE {COUNTED} AND aggregation = 'unique_count'
+        GROUP BY subscription_id, meter_id, period_end)
+    SELECT u.subscription_id, u.meter_id, p.period_start, u.period_end,
+           CAST(u.quantity AS DECIMAL(38, 12)) AS quantity, u.event_count
     FROM usage AS u
     JOIN mt_periods AS p ON p.subscription_id = u.subscription_id AND p.period_end = u.period_end
 """
