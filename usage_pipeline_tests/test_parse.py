@@ -165,12 +165,15 @@ def test_json_numbers_are_validated_as_their_text() -> None:
     records = [
         {"timestamp": NOW_S, "event_name": "api_call", "payload_stripe_customer_id": "c", "payload_value": 2},
         {"timestamp": float(NOW_S), "event_name": "api_call", "payload_stripe_customer_id": "c"},
+        {"timestamp": NOW_S + 0.5, "event_name": "api_call", "payload_stripe_customer_id": "c"},
     ]
     parsed = parse(encode(records[:1], "jsonl"), "jsonl")
     assert len(parsed.events) == 1
-    floats = parse(encode(records[1:], "jsonl"), "jsonl")  # 1772366400.0 is not an integer epoch
+    # A JSON number with an integral value (1772366400.0) is that integer; a fractional one is not an epoch.
+    floats = parse(encode(records[1:], "jsonl"), "jsonl")
+    assert len(floats.events) == 1
     assert floats.rejects["error_code"].to_list() == ["invalid_timestamp"]
-    assert '"1772366400.0"' in floats.rejects["error_message"][0]
+    assert '"1772366400.5"' in floats.rejects["error_message"][0]
 
 
 def test_json_with_mixed_types_in_a_column() -> None:
@@ -344,3 +347,21 @@ def test_a_key_first_seen_late_in_json_lines_is_not_lost() -> None:
     ]
     parsed = parse(encode(records, "jsonl"), "jsonl")
     assert parsed.events.filter(pl.col("event_id") == "late")["properties"].to_list() == ['{"gb":"3"}']
+
+
+def test_json_column_mixing_integer_and_fractional_timestamps_keeps_the_integer_rows():
+    """One fractional timestamp must not turn the file's integer timestamps into rejects."""
+    from datetime import UTC, datetime
+
+    from usage_pipeline.ingest.model import FileVersion, ValidationLimits
+    from usage_pipeline.ingest.parse import parse_file
+
+    arrival = datetime(2026, 11, 20, tzinfo=UTC)
+    ms = int(arrival.timestamp() * 1000) - 60_000
+    body = (
+        f'{{"subscription_id":"s","usage_timestamp":{ms},"deduplication_id":"a","properties":{{}}}}\n'
+        f'{{"subscription_id":"s","usage_timestamp":{ms}.5,"deduplication_id":"b","properties":{{}}}}\n'
+    ).encode()
+    parsed = parse_file(body, FileVersion("k.jsonl", "e", len(body), arrival), "jsonl", ValidationLimits())
+    assert parsed.events["event_id"].to_list() == ["a"]
+    assert parsed.rejects["error_code"].to_list() == ["invalid_timestamp"]

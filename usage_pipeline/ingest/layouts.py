@@ -110,7 +110,13 @@ def _scalar_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
         return expr
     if isinstance(dtype, pl.Struct | pl.List | pl.Array):
         return _json_value(expr, dtype)
-    # Numbers keep their text as polars prints it (a float 1.0 stays "1.0"), booleans become true/false.
+    if dtype.is_float():
+        # polars widens a JSON column that mixes 5 and 5.5 to floats; an integral value is still an
+        # integer (else one fractional row would turn every valid integer timestamp of the file into
+        # "…​.0" and reject it). Exact up to 2**53, far beyond millisecond epochs.
+        integral = (expr == expr.floor()) & (expr.abs() < 2**53)
+        return pl.when(integral).then(expr.cast(pl.Int64).cast(pl.String)).otherwise(expr.cast(pl.String))
+    # Integers keep their text; booleans become true/false.
     return expr.cast(pl.String)
 
 
