@@ -30,8 +30,13 @@ def upload_files(s3, bucket: str) -> dict[str, int]:
     sizes = {}
     for i in range(FILES):
         frame = generate_usage_frame(
-            layout="stripe", rows=ROWS, arrival=arrival, seed=i, key_hint=f"crash-{i}",
-            error_rate=0.01, duplicate_rate=0.01,
+            layout="stripe",
+            rows=ROWS,
+            arrival=arrival,
+            seed=i,
+            key_hint=f"crash-{i}",
+            error_rate=0.01,
+            duplicate_rate=0.01,
         )
         key = f"incoming/crash-{i}.csv"
         put(s3, bucket, key, serialize(frame, "stripe", "csv"))
@@ -55,7 +60,11 @@ def cli_env(settings: Settings, home: Path) -> dict[str, str]:
 def ingest(env: dict[str, str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "usage_pipeline.cli", "ingest"],
-        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -65,14 +74,15 @@ def assert_each_file_exactly_once(settings: Settings, sizes: dict[str, int]) -> 
             "SELECT file_key, count(*), sum(rows_total), sum(rows_accepted), sum(rows_rejected) "
             "FROM ingested_files GROUP BY file_key ORDER BY file_key"
         ).fetchall()
-        per_file_events = dict(conn.execute(
-            "SELECT source_file, count(*) FROM usage_events GROUP BY source_file"
-        ).fetchall())
-        per_file_rejects = dict(conn.execute(
-            "SELECT source_file, count(*) FROM rejected_events GROUP BY source_file"
-        ).fetchall())
+        per_file_events = dict(
+            conn.execute("SELECT source_file, count(*) FROM usage_events GROUP BY source_file").fetchall()
+        )
+        per_file_rejects = dict(
+            conn.execute("SELECT source_file, count(*) FROM rejected_events GROUP BY source_file").fetchall()
+        )
         doubled = conn.execute(
-            "SELECT count(*) FROM (SELECT source_file, source_row FROM usage_events GROUP BY ALL HAVING count(*) > 1)"
+            "SELECT count(*) FROM (SELECT source_file, source_row FROM usage_events "
+            "GROUP BY ALL HAVING count(*) > 1)"
         ).fetchall()[0][0]
     assert [row[0] for row in ledger] == sorted(sizes)
     for key, versions, total, accepted, rejected in ledger:
@@ -124,6 +134,8 @@ def test_two_concurrent_ingest_processes_ingest_each_file_once(settings, s3, buc
     results = [p.communicate(timeout=600) for p in (first, second)]
     assert first.returncode == 0, results[0][1][-3000:]
     assert second.returncode == 0, results[1][1][-3000:]
-    printed = [line.split()[-1] for out, _ in results for line in out.splitlines() if line.startswith("succeeded")]
+    printed = [
+        line.split()[-1] for out, _ in results for line in out.splitlines() if line.startswith("succeeded")
+    ]
     assert sorted(printed) == sorted(sizes)  # between them, each file reported processed once
     assert_each_file_exactly_once(settings, sizes)

@@ -41,8 +41,13 @@ def tick(bucket: Bucket, cursor: ListingCursor, now: datetime, limits: Discovery
     return requested, plan
 
 
-def drain(bucket: Bucket, cursor: ListingCursor, now: datetime, limits: DiscoveryLimits | None = None,
-          ticks: int = 50):
+def drain(
+    bucket: Bucket,
+    cursor: ListingCursor,
+    now: datetime,
+    limits: DiscoveryLimits | None = None,
+    ticks: int = 50,
+):
     requested: list[FileVersion] = []
     for i in range(ticks):
         got, plan = tick(bucket, cursor, now + timedelta(seconds=30 * i), limits)
@@ -57,7 +62,7 @@ def test_first_pass_requests_everything_once_and_later_ticks_nothing():
         bucket.put(f"incoming/f{i}.csv", T0)
     first, plan = tick(bucket, ListingCursor(), T0 + timedelta(minutes=1))
     assert sorted(f.key for f in first) == [f"incoming/f{i}.csv" for i in range(5)]
-    again, cursor = drain(bucket, plan.cursor, T0 + timedelta(minutes=2))
+    again, _ = drain(bucket, plan.cursor, T0 + timedelta(minutes=2))
     assert again == []
 
 
@@ -66,7 +71,7 @@ def test_files_uploaded_in_the_same_second_as_the_last_seen_file_are_not_missed(
     bucket.put("incoming/a.csv", T0)
     requested, plan = tick(bucket, ListingCursor(), T0)  # pass starts in the very same second
     bucket.put("incoming/b.csv", T0)  # same LastModified second, uploaded after the listing
-    later, cursor = drain(bucket, plan.cursor, T0 + timedelta(seconds=1))
+    later, _ = drain(bucket, plan.cursor, T0 + timedelta(seconds=1))
     keys = [f.key for f in requested + later]
     assert sorted(keys) == ["incoming/a.csv", "incoming/b.csv"]
     assert len(keys) == len(set(keys))
@@ -168,6 +173,8 @@ def test_batches_respect_file_and_byte_limits_and_arrival_order():
 
 
 def test_cursor_round_trips_through_json():
-    cursor = ListingCursor(watermark=1.5, pass_started=2.5, pass_after="k", recent={"d": 3.0}, passes_completed=4)
+    cursor = ListingCursor(
+        watermark=1.5, pass_started=2.5, pass_after="k", recent={"d": 3.0}, passes_completed=4
+    )
     assert ListingCursor.from_json(cursor.to_json()) == cursor
     assert ListingCursor.from_json(None) == ListingCursor()

@@ -55,19 +55,44 @@ def evaluate_and_run(instance: dg.DagsterInstance, settings: Settings, cursor: s
 
 def test_sensor_to_tables_with_every_kind_of_file(instance, settings, s3, bucket):
     t = now_s() - 3600
-    put(s3, bucket, "incoming/a.csv", stripe_csv([
-        ("e1", t, "api_call", "cus_1", "1"),
-        ("e2", t, "api_call", "cus_1", "2"),
-        ("e1", t, "api_call", "cus_1", "1"),          # in-file duplicate
-        ("e3", t * 1000, "api_call", "cus_1", "1"),   # milliseconds: invalid_timestamp
-        ("e4", t, "api_call", "", "1"),               # missing_required_field
-    ]))
-    put(s3, bucket, "incoming/sub/b.jsonl.gz", gzip.compress("\n".join(json.dumps(r) for r in [
-        {"subscription_id": "sub_1", "usage_timestamp": t * 1000, "deduplication_id": "d1",
-         "properties": {"feature": "storage", "gb": 3}},
-        {"subscription_id": "sub_1", "usage_timestamp": t * 1000, "deduplication_id": "d2",
-         "properties": {"feature": "storage", "gb": 4}},
-    ]).encode()))
+    put(
+        s3,
+        bucket,
+        "incoming/a.csv",
+        stripe_csv(
+            [
+                ("e1", t, "api_call", "cus_1", "1"),
+                ("e2", t, "api_call", "cus_1", "2"),
+                ("e1", t, "api_call", "cus_1", "1"),  # in-file duplicate
+                ("e3", t * 1000, "api_call", "cus_1", "1"),  # milliseconds: invalid_timestamp
+                ("e4", t, "api_call", "", "1"),  # missing_required_field
+            ]
+        ),
+    )
+    put(
+        s3,
+        bucket,
+        "incoming/sub/b.jsonl.gz",
+        gzip.compress(
+            "\n".join(
+                json.dumps(r)
+                for r in [
+                    {
+                        "subscription_id": "sub_1",
+                        "usage_timestamp": t * 1000,
+                        "deduplication_id": "d1",
+                        "properties": {"feature": "storage", "gb": 3},
+                    },
+                    {
+                        "subscription_id": "sub_1",
+                        "usage_timestamp": t * 1000,
+                        "deduplication_id": "d2",
+                        "properties": {"feature": "storage", "gb": 4},
+                    },
+                ]
+            ).encode()
+        ),
+    )
     put(s3, bucket, "incoming/corrupt.csv.gz", b"this is not gzip")
     put(s3, bucket, "incoming/notes.txt", "hello")
     put(s3, bucket, "incoming/empty.csv", "")
@@ -77,7 +102,10 @@ def test_sensor_to_tables_with_every_kind_of_file(instance, settings, s3, bucket
     assert len(runs) == 1 and runs[0].success
     files = ledger(settings)
     assert set(files) == {
-        "incoming/a.csv", "incoming/sub/b.jsonl.gz", "incoming/corrupt.csv.gz", "incoming/notes.txt",
+        "incoming/a.csv",
+        "incoming/sub/b.jsonl.gz",
+        "incoming/corrupt.csv.gz",
+        "incoming/notes.txt",
         "incoming/empty.csv",
     }
     assert files["incoming/a.csv"] == ("succeeded_with_errors", None, 5, 2, 1, 2)
@@ -100,7 +128,7 @@ def test_sensor_to_tables_with_every_kind_of_file(instance, settings, s3, bucket
     assert "incoming/corrupt.csv.gz" in failed_table and "unsupported_file" in failed_table
 
     # A second evaluation with the new cursor requests nothing: nothing is ingested twice.
-    again, runs2 = evaluate_and_run(instance, settings, cursor=result.cursor)
+    _, runs2 = evaluate_and_run(instance, settings, cursor=result.cursor)
     assert runs2 == []
 
 
@@ -108,9 +136,19 @@ def test_cross_file_duplicates_and_reuploaded_key(instance, settings, s3, bucket
     t = now_s() - 600
     put(s3, bucket, "incoming/1.csv", stripe_csv([("e1", t, "api_call", "cus_1", "1")]))
     result, _ = evaluate_and_run(instance, settings)
-    put(s3, bucket, "incoming/2.csv", stripe_csv([("e1", t, "api_call", "cus_1", "1"), ("e2", t, "api_call", "cus_1", "5")]))
+    put(
+        s3,
+        bucket,
+        "incoming/2.csv",
+        stripe_csv([("e1", t, "api_call", "cus_1", "1"), ("e2", t, "api_call", "cus_1", "5")]),
+    )
     # Same key, new content: a new version; its e1 dedupes against history, e3 is new.
-    put(s3, bucket, "incoming/1.csv", stripe_csv([("e1", t, "api_call", "cus_1", "1"), ("e3", t, "api_call", "cus_1", "1")]))
+    put(
+        s3,
+        bucket,
+        "incoming/1.csv",
+        stripe_csv([("e1", t, "api_call", "cus_1", "1"), ("e3", t, "api_call", "cus_1", "1")]),
+    )
     result, runs = evaluate_and_run(instance, settings, cursor=result.cursor)
     assert all(r.success for r in runs)
     with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
@@ -118,7 +156,9 @@ def test_cross_file_duplicates_and_reuploaded_key(instance, settings, s3, bucket
             "SELECT file_key, rows_accepted, rows_duplicate FROM ingested_files ORDER BY arrived_at, file_key"
         ).fetchall()
         ids = [r[0] for r in conn.execute("SELECT event_id FROM usage_events ORDER BY event_id").fetchall()]
-    assert sorted(versions) == sorted([("incoming/1.csv", 1, 0), ("incoming/2.csv", 1, 1), ("incoming/1.csv", 1, 1)])
+    assert sorted(versions) == sorted(
+        [("incoming/1.csv", 1, 0), ("incoming/2.csv", 1, 1), ("incoming/1.csv", 1, 1)]
+    )
     assert ids == ["e1", "e2", "e3"]
 
 
@@ -166,11 +206,19 @@ def test_a_failed_run_is_retried_and_its_files_ingested(instance, settings, s3, 
     defs = build_definitions(settings)
     broken = settings.model_copy(update={"bucket": f"{bucket}-missing"})
     # The run requested for the file fails (its bucket is unreachable), like an S3 outage would.
-    context = dg.build_sensor_context(instance=instance, resources=build_resources(settings), definitions=defs)
+    context = dg.build_sensor_context(
+        instance=instance, resources=build_resources(settings), definitions=defs
+    )
     request = usage_files_sensor(context).run_requests[0]
-    failed = build_definitions(broken).resolve_job_def(INGEST_JOB_NAME).execute_in_process(
-        run_config=request.run_config, instance=instance,
-        tags={**request.tags, "dagster/run_key": request.run_key}, raise_on_error=False,
+    failed = (
+        build_definitions(broken)
+        .resolve_job_def(INGEST_JOB_NAME)
+        .execute_in_process(
+            run_config=request.run_config,
+            instance=instance,
+            tags={**request.tags, "dagster/run_key": request.run_key},
+            raise_on_error=False,
+        )
     )
     assert not failed.success
     time.sleep(0.01)

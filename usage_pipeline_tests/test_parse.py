@@ -365,3 +365,22 @@ def test_json_column_mixing_integer_and_fractional_timestamps_keeps_the_integer_
     parsed = parse_file(body, FileVersion("k.jsonl", "e", len(body), arrival), "jsonl", ValidationLimits())
     assert parsed.events["event_id"].to_list() == ["a"]
     assert parsed.rejects["error_code"].to_list() == ["invalid_timestamp"]
+
+
+def test_gzip_that_expands_past_the_limit_is_too_large_and_multi_member_gzip_reads() -> None:
+    import gzip as gz
+    from datetime import UTC, datetime
+
+    from usage_pipeline.ingest.model import FileVersion, ValidationLimits
+    from usage_pipeline.ingest.parse import parse_file
+
+    arrival = datetime(2026, 11, 20, tzinfo=UTC)
+    bomb = gz.compress(b"a" * 5_000_000)
+    limits = ValidationLimits(max_decompressed_bytes=1_000_000)
+    parsed = parse_file(bomb, FileVersion("k.csv.gz", "e", len(bomb), arrival), "csv.gz", limits)
+    assert (parsed.status, parsed.failed_reason) == ("failed", "file_too_large")
+    ts = int(arrival.timestamp()) - 60
+    header = b"identifier,timestamp,event_name,payload_stripe_customer_id\n"
+    two = gz.compress(header + f"a,{ts},x,c\n".encode()) + gz.compress(f"b,{ts},x,c\n".encode())
+    parsed = parse_file(two, FileVersion("k.csv.gz", "e", len(two), arrival), "csv.gz", ValidationLimits())
+    assert parsed.events["event_id"].to_list() == ["a", "b"]

@@ -8,7 +8,7 @@ import dagster as dg
 from usage_pipeline.billing.checks import invoice_totals_result, lines_without_events_result, md_table
 from usage_pipeline.billing.close import close_billing
 from usage_pipeline.billing.partitions import close_partitions
-from usage_pipeline.metering.assets import load_catalog_or_fail
+from usage_pipeline.catalog.assets import load_catalog_or_fail
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
 
 _DEPS = [

@@ -8,7 +8,7 @@ import duckdb as duckdb_module
 
 from usage_pipeline.billing import sql
 from usage_pipeline.billing.late import find_late_usage
-from usage_pipeline.catalog.model import CatalogError, load_catalog
+from usage_pipeline.catalog.assets import load_catalog_or_fail
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
 
 SAMPLES_PER_CODE = 5
@@ -54,35 +54,41 @@ def usage_exceptions_result(conn: duckdb_module.DuckDBPyConnection, close_date: 
     )
 
 
-def invoice_totals_result(conn: duckdb_module.DuckDBPyConnection, close_date: date) -> dg.AssetCheckResult:
-    rows = conn.execute(sql.INVOICE_TOTAL_MISMATCHES, {"close_date": close_date}).fetchall()
-    headers = ["invoice", "subscription", "currency", "total", "lines", "sum of lines", "line rows"]
+def _error_check(
+    check_name: str, asset: str, counted: str, headers: list[str], rows: list[tuple[object, ...]]
+) -> dg.AssetCheckResult:
+    """An ERROR check that passes when `rows` (the offending ones) is empty, and lists them otherwise."""
+    metadata: dict[str, dg.RawMetadataValue] = {counted: len(rows)}
+    if rows:
+        metadata["offending"] = dg.MetadataValue.md(md_table(headers, rows))
     return dg.AssetCheckResult(
-        check_name="invoice_totals_match_lines",
-        asset_key="pending_invoices",
+        check_name=check_name,
+        asset_key=asset,
         passed=not rows,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "mismatched_invoices": len(rows),
-            **({"invoices": dg.MetadataValue.md(md_table(headers, rows))} if rows else {}),
-        },
+        metadata=metadata,
+    )
+
+
+def invoice_totals_result(conn: duckdb_module.DuckDBPyConnection, close_date: date) -> dg.AssetCheckResult:
+    return _error_check(
+        "invoice_totals_match_lines",
+        "pending_invoices",
+        "mismatched_invoices",
+        ["invoice", "subscription", "currency", "total", "lines", "sum of lines", "line rows"],
+        conn.execute(sql.INVOICE_TOTAL_MISMATCHES, {"close_date": close_date}).fetchall(),
     )
 
 
 def lines_without_events_result(
     conn: duckdb_module.DuckDBPyConnection, close_date: date
 ) -> dg.AssetCheckResult:
-    rows = conn.execute(sql.LINES_WITHOUT_EVENTS, {"close_date": close_date}).fetchall()
-    headers = ["line item", "invoice", "subscription", "price", "meter", "period end"]
-    return dg.AssetCheckResult(
-        check_name="no_line_without_events",
-        asset_key="invoice_line_items",
-        passed=not rows,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "lines_without_events": len(rows),
-            **({"lines": dg.MetadataValue.md(md_table(headers, rows))} if rows else {}),
-        },
+    return _error_check(
+        "no_line_without_events",
+        "invoice_line_items",
+        "lines_without_events",
+        ["line item", "invoice", "subscription", "price", "meter", "period end"],
+        conn.execute(sql.LINES_WITHOUT_EVENTS, {"close_date": close_date}).fetchall(),
     )
 
 
@@ -97,11 +103,7 @@ def lines_without_events_result(
     blocking=False,
 )
 def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheckResult:
-    path = settings.get().catalog_path
-    try:
-        catalog = load_catalog(path)
-    except CatalogError as exc:
-        raise dg.Failure(description=str(exc), metadata={"catalog": path}) from exc
+    catalog = load_catalog_or_fail(settings)
     with duckdb.get_connection() as conn:
         report = find_late_usage(conn, catalog)
     rows = [

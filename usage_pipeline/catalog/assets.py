@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from usage_pipeline.catalog.model import CatalogError, load_catalog
+from usage_pipeline.catalog.model import Catalog, CatalogError, load_catalog
 from usage_pipeline.catalog.publish import CATALOG_COLUMNS, publish_catalog
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
 
@@ -14,6 +14,15 @@ _DESCRIPTIONS = {
     "subscriptions": "Subscriptions of the catalog: customer, currency, billing period and anchor.",
     "subscription_prices": "Which prices each subscription holds.",
 }
+
+
+def load_catalog_or_fail(settings: PipelineSettings) -> Catalog:
+    """The catalog of the run; a broken one fails the step with the message naming the entries."""
+    path = settings.get().catalog_path
+    try:
+        return load_catalog(path)
+    except CatalogError as exc:
+        raise dg.Failure(description=str(exc), metadata={"catalog": path}) from exc
 
 
 @dg.multi_asset(
@@ -30,11 +39,8 @@ def catalog(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: Pi
     A broken catalog fails the run with the message naming every offending entry; nothing is published
     and nothing downstream (metering, billing) runs.
     """
+    loaded = load_catalog_or_fail(settings)
     path = settings.get().catalog_path
-    try:
-        loaded = load_catalog(path)
-    except CatalogError as exc:
-        raise dg.Failure(description=str(exc), metadata={"catalog": path}) from exc
     with duckdb.get_connection() as conn:
         counts = publish_catalog(conn, loaded)
     context.log.info(f"published catalog {path}: {counts}")

@@ -141,7 +141,7 @@ def ingest_usage_files(
             fetch=lambda f: read_version(client, cfg.bucket, f),
             conn=conn,
             max_file_bytes=cfg.max_file_bytes,
-            limits=ValidationLimits(cfg.max_event_age, cfg.max_future_skew),
+            limits=ValidationLimits(cfg.max_event_age, cfg.max_future_skew, cfg.max_file_bytes),
             run_id=context.run.run_id,
             stripe_dedup_window=cfg.stripe_dedup_window,
             on_file=log,

@@ -91,6 +91,8 @@ class ValidationLimits:
 
     max_event_age: timedelta = timedelta(days=35)
     max_future_skew: timedelta = timedelta(minutes=5)
+    # A .gz file may expand to at most this many bytes (a small archive must not exhaust memory).
+    max_decompressed_bytes: int = 1 << 30
 
 
 @dataclass

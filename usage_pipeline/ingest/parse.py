@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import re
 import zlib
 
@@ -16,6 +15,7 @@ from usage_pipeline.ingest.layouts import (
     layout_columns,
 )
 from usage_pipeline.ingest.model import (
+    REASON_TOO_LARGE,
     REASON_UNKNOWN_LAYOUT,
     REASON_UNREADABLE,
     FileVersion,
@@ -36,6 +36,33 @@ class _NotRecords(ValueError):
     """The document parsed, but it is not a list of records."""
 
 
+class _TooLarge(Exception):
+    pass
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress every gzip member, never producing more than `limit` bytes (else _TooLarge)."""
+    out: list[bytes] = []
+    total = 0
+    while data:
+        member = zlib.decompressobj(wbits=31)
+        chunk = member.decompress(data, limit - total + 1)
+        while True:
+            total += len(chunk)
+            out.append(chunk)
+            if total > limit:
+                raise _TooLarge
+            if not member.unconsumed_tail:
+                break
+            chunk = member.decompress(member.unconsumed_tail, limit - total + 1)
+        if not member.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        data = member.unused_data
+        if not data.strip(b"\x00"):  # trailing padding after the last member
+            break
+    return b"".join(out)
+
+
 def parse_file(data: bytes, file: FileVersion, fmt: str, limits: ValidationLimits) -> ParsedFile:
     """Turn the bytes of `file` (format as from classify_file, e.g. "csv.gz") into events and rejected rows.
 
@@ -50,7 +77,13 @@ def parse_file(data: bytes, file: FileVersion, fmt: str, limits: ValidationLimit
 
     if fmt.endswith(".gz"):
         try:
-            data = gzip.decompress(data)
+            data = _gunzip(data, limits.max_decompressed_bytes)
+        except _TooLarge:
+            return failed(
+                REASON_TOO_LARGE,
+                f"The file expands to more than {limits.max_decompressed_bytes:,} bytes when decompressed "
+                "(USAGE_MAX_FILE_BYTES).",
+            )
         except (OSError, EOFError, zlib.error) as exc:
             return failed(REASON_UNREADABLE, f"The file is not valid gzip: {exc}.")
     base = fmt.removesuffix(".gz")

@@ -7,8 +7,7 @@ import dagster as dg
 
 from usage_pipeline.billing.checks import md_table, usage_exceptions_result
 from usage_pipeline.billing.partitions import close_partitions
-from usage_pipeline.catalog.assets import CATALOG_KEYS
-from usage_pipeline.catalog.model import Catalog, CatalogError, load_catalog
+from usage_pipeline.catalog.assets import CATALOG_KEYS, load_catalog_or_fail
 from usage_pipeline.metering.meter import close_metering
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
 
@@ -20,15 +19,6 @@ _DESCRIPTIONS = {
     "usage_exceptions": "Events of the close window that could not be metered, with a code and a detail.",
     "metered_events": "Lineage: every event counted into a (subscription, meter, period), by file and row.",
 }
-
-
-def load_catalog_or_fail(settings: PipelineSettings) -> Catalog:
-    """The catalog of the run; a broken one fails the step with the message naming the entries."""
-    path = settings.get().catalog_path
-    try:
-        return load_catalog(path)
-    except CatalogError as exc:
-        raise dg.Failure(description=str(exc), metadata={"catalog": path}) from exc
 
 
 @dg.multi_asset(
