@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import boto3
 import click
 import polars as pl
 
-from usage_pipeline.generate import generate_usage_file
+from usage_pipeline.generate import COLUMNS, generate_usage_frame
 from usage_pipeline.ingest.model import FileVersion, ValidationLimits
 from usage_pipeline.ingest.runner import ingest_files
 from usage_pipeline.ingest.s3 import list_page, read_version
@@ -71,7 +72,7 @@ def _floor(client, files: list[FileVersion], db: Path) -> Timing:
     with connect(str(db)) as conn:
         for file in files:
             data = client.get_object(Bucket=BUCKET, Key=file.key)["Body"].read()
-            frame = pl.read_csv(data)
+            frame = pl.read_csv(data, infer_schema=False)  # as text, exactly as the ingest reads it
             conn.register("raw", frame.to_arrow())
             if file is files[0]:
                 conn.execute("CREATE TABLE raw_events AS SELECT * FROM raw LIMIT 0")
@@ -122,6 +123,29 @@ def _build_history(db: Path, stored: int, before: datetime) -> None:
     _settle(db)
 
 
+def _realistic_csv(rows: int, arrival: datetime, seed: int) -> bytes:
+    """Stripe rows of a realistic width (~170 bytes, like a real meter-event export): the generator's
+    columns plus payload fields a real API meter carries (region, model, request id)."""
+    frame = generate_usage_frame(
+        layout="stripe",
+        rows=rows,
+        arrival=arrival,
+        seed=seed,
+        key_hint=f"bench-{seed}",
+        error_rate=0.001,
+        duplicate_rate=0.001,
+    ).select(COLUMNS["stripe"])
+    n = pl.int_range(pl.len()).hash(seed)
+    frame = frame.with_columns(
+        payload_region=pl.lit("eu-west-1"),
+        payload_model=pl.format("model-{}-large-2026-10", n % 7),
+        payload_request_id=pl.format("req_{}{}", n, n % 1_000_003),
+    )
+    buffer = io.BytesIO()
+    frame.write_csv(buffer)
+    return buffer.getvalue()
+
+
 def run_bench(*, n_files: int, rows: int, history: int, workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     proc, endpoint = _start_s3_server()
@@ -131,16 +155,7 @@ def run_bench(*, n_files: int, rows: int, history: int, workdir: Path) -> None:
         arrival = datetime.now(UTC)
         click.echo(f"generating {n_files} Stripe CSV files x {rows:,} events and uploading to {endpoint} …")
         for i in range(n_files):
-            body = generate_usage_file(
-                layout="stripe",
-                fmt="csv",
-                rows=rows,
-                arrival=arrival,
-                seed=i,
-                key_hint=f"bench-{i}",
-                error_rate=0.001,
-                duplicate_rate=0.001,
-            )
+            body = _realistic_csv(rows, arrival, seed=i)
             client.put_object(Bucket=BUCKET, Key=f"incoming/bench-{i:03d}.csv", Body=body)
         files, _ = list_page(client, BUCKET, "incoming/", None)
         size = sum(f.size for f in files)

@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime
 import click
 import dagster as dg
 
+from usage_pipeline.billing.money import minor_units
+from usage_pipeline.operations import QUIET_CONSOLE
 from usage_pipeline.settings import Settings
 from usage_pipeline.storage.connection import connect
 
@@ -26,6 +28,7 @@ def run_close(instance: dg.DagsterInstance, defs: dg.Definitions, day: date) -> 
     """Materialize the close partition `day` in this process; the run is recorded in the instance."""
     job = defs.resolve_job_def(CLOSE_JOB_NAME)
     return job.execute_in_process(
+        run_config=QUIET_CONSOLE,
         partition_key=day.isoformat(),
         instance=instance,
         tags={"usage_pipeline/launched_by": "cli", "usage_pipeline/host": socket.gethostname()},
@@ -47,12 +50,14 @@ def print_invoices(rows: list[tuple]) -> None:
     if not rows:
         click.echo("no pending invoices for this date")
         return
-    click.echo(f"{'invoice_id':<26} {'subscription':<18} {'customer':<12} {'period':<35} {'total':>14} lines")
+    head = (
+        f"{'invoice_id':<26} {'subscription':<18} {'customer':<15} {'period (UTC)':<35} {'total':>18} lines"
+    )
+    click.echo(head)
     for invoice_id, sub, customer, start, end, currency, total, lines in rows:
         period = f"{start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M}"
-        click.echo(
-            f"{invoice_id:<26} {sub:<18} {customer:<12} {period:<35} {total:>10} {currency} {lines:>5}"
-        )
+        amount = f"{total:,.{minor_units(currency)}f} {currency}"
+        click.echo(f"{invoice_id:<26} {sub:<18} {customer:<15} {period:<35} {amount:>18} {lines:>5}")
 
 
 def run_close_command(settings: Settings, text: str) -> int:

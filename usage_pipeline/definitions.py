@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from usage_pipeline.billing.definitions import build_billing_definitions
 from usage_pipeline.ingest.assets import ingest_job, ingest_usage_files
 from usage_pipeline.ingest.sensors import usage_files_sensor
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
@@ -30,12 +31,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         jobs=[ingest_job],
         sensors=[usage_files_sensor],
     )
-    try:
-        from usage_pipeline.billing.definitions import build_billing_definitions
-    except ImportError:  # pragma: no cover - billing arrives in a later commit
-        billing = dg.Definitions()
-    else:
-        billing = build_billing_definitions(settings)
+    billing = build_billing_definitions(settings)
     return dg.Definitions.merge(ingest, billing, dg.Definitions(resources=build_resources(settings)))
 
 

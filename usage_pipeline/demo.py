@@ -17,7 +17,7 @@ def _ledger_rows(settings: Settings, versions: list[tuple[str, str]]) -> list[tu
     with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
         return conn.execute(
             """SELECT status, rows_total, rows_accepted, rows_duplicate, rows_rejected, file_key,
-                      failed_reason, run_id
+                      failed_reason || ': ' || left(failed_detail, 90), run_id
                FROM ingested_files
                WHERE (file_key, etag) IN (SELECT (unnest($keys), unnest($etags)))
                ORDER BY arrived_at, file_key""",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ def local_s3(port: int | None = None, bucket: str | None = None) -> Iterator[str
     Credentials are set to dummy values only where none are configured, so no AWS account is needed.
     """
     port = port or free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -23,6 +23,8 @@ CLI_CURSOR_KEY = "usage_pipeline/cli_sensor_cursor"
 CLI_PENDING_KEY = "usage_pipeline/cli_pending_runs"
 LAUNCHED_BY_TAG = "usage_pipeline/launched_by"
 RUN_KEY_TAG = "dagster/run_key"
+# The CLI prints its own one-line-per-file summary; the full event log still goes to the instance (UI).
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 class IngestBusyError(RuntimeError):
@@ -89,7 +91,7 @@ def _execute(
         PID_TAG: str(os.getpid()),
     }
     run = job.execute_in_process(
-        run_config=request.run_config, instance=instance, tags=tags, raise_on_error=False
+        run_config={**request.run_config, **QUIET_CONSOLE}, instance=instance, tags=tags, raise_on_error=False
     )
     result.run_ids.append(run.run_id)
     if not run.success:

@@ -15,6 +15,7 @@ from usage_pipeline.billing.definitions import build_billing_definitions
 from usage_pipeline.billing.schedules import build_period_close_schedule, close_cron
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
 from usage_pipeline.settings import Settings
+from usage_pipeline.storage.schema import ensure_schema
 
 CATALOG = """
 meters:
@@ -54,8 +55,6 @@ def _definitions(settings: Settings) -> dg.Definitions:
 
 def _store_events(path: str) -> None:
     conn = duckdb.connect(path)
-    from usage_pipeline.storage.schema import ensure_schema
-
     ensure_schema(conn)
     rows = [
         ("e1", "stripe", "api_call", "cus_s", None, "2026-03-01 08:00:00", {}, 1),
