@@ -17,4 +17,6 @@ period_close_job = dg.define_asset_job(
     "period_close",
     selection=dg.AssetSelection.assets(*CATALOG_KEYS, *METERING_KEYS, *BILLING_KEYS),
     description="Close a UTC day: meter and rate every period ending on it (re-run = regenerate).",
+    # One process for the run: its steps take turns on the DuckDB file anyway (pool "duckdb").
+    executor_def=dg.in_process_executor,
 )

@@ -9,6 +9,7 @@ from decimal import Decimal
 import duckdb
 
 from usage_pipeline.billing.close import rate_periods
+from usage_pipeline.billing.money import round_money
 from usage_pipeline.catalog.model import Catalog
 from usage_pipeline.metering.meter import compute_metering
 from usage_pipeline.metering.sql import COUNTED
@@ -65,8 +66,10 @@ class LatePeriod:
 
     @property
     def at_stake(self) -> Decimal:
-        """What re-closing the period would add to (or take off) its invoice."""
-        return self.rerated_total - self.invoiced_total
+        """What re-closing the period would add to (or take off) its invoice, in the currency's minor unit
+        (both totals are sums of rounded lines, so this is exact)."""
+        difference = self.rerated_total - self.invoiced_total
+        return round_money(difference, self.currency) if self.currency else difference
 
 
 @dataclass(frozen=True)
