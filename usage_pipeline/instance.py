@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+from filelock import FileLock
 
 DEFAULT_HOME = ".dagster_home"
 
@@ -31,14 +32,23 @@ def ensure_dagster_home() -> Path:
     os.environ["DAGSTER_HOME"] = str(home)
     target = home / "dagster.yaml"
     source = Path.cwd() / "dagster.yaml"
-    if source.exists() and source.resolve() != target.resolve():
-        if not target.exists() or target.read_text() != source.read_text():
-            shutil.copyfile(source, target)
-    elif not target.exists():
-        target.write_text(FALLBACK_INSTANCE_YAML)
+    with _home_lock(home):
+        if source.exists() and source.resolve() != target.resolve():
+            if not target.exists() or target.read_text() != source.read_text():
+                shutil.copyfile(source, target)
+        elif not target.exists():
+            target.write_text(FALLBACK_INSTANCE_YAML)
     return home
 
 
+def _home_lock(home: Path) -> FileLock:
+    """Commands started at once on a new DAGSTER_HOME take turns setting it up."""
+    return FileLock(str(home / ".instance.lock"), timeout=120)
+
+
 def get_instance() -> dg.DagsterInstance:
-    ensure_dagster_home()
-    return dg.DagsterInstance.get()
+    home = ensure_dagster_home()
+    # Two commands started at once on a new DAGSTER_HOME would both create the instance's SQLite tables
+    # ("table runs already exists"): the first to get the lock creates them, the other then opens them.
+    with _home_lock(home):
+        return dg.DagsterInstance.get()

@@ -150,7 +150,7 @@ def test_late_usage_check_reports_money_at_stake(tmp_path: Path, instance: dg.Da
     assert evaluation.check_name == "late_usage"
     assert not evaluation.passed
     assert evaluation.metadata["late_events"].value == 1
-    assert evaluation.metadata["at_stake:USD"].value == "0.5000"
+    assert evaluation.metadata["at_stake:USD"].value == "0.50"  # in the currency's minor unit
     assert "sub_s" in evaluation.metadata["late_periods"].value
 
 
