@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import dagster as dg
 
@@ -15,16 +15,22 @@ def _cell(value: object) -> str:
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
+def md_text(headers: Sequence[str], rows: Iterable[Sequence[object]], limit: int = 50) -> str:
+    """A markdown table (pipes escaped, long cells cut), with a note of how many rows were left out."""
+    all_rows = list(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in all_rows[:limit]]
+    if len(all_rows) > limit:
+        lines.append(f"\n… and {len(all_rows) - limit} more")
+    return "\n".join(lines)
+
+
 def md_table(rows: Sequence[Mapping[str, object]], limit: int = 50) -> dg.MetadataValue:
-    """A markdown table of the first `limit` rows (the UI renders it in the check/materialization pane)."""
+    """Dict rows (keys are the columns) as a markdown table for the check/materialization pane."""
     if not rows:
         return dg.MetadataValue.md("_none_")
     columns = list(rows[0].keys())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows[:limit]]
-    if len(rows) > limit:
-        lines.append(f"\n… and {len(rows) - limit} more")
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(md_text(columns, ([row.get(c) for c in columns] for row in rows), limit))
 
 
 def check_result(

@@ -5,11 +5,12 @@ from datetime import UTC, date, datetime
 
 import dagster as dg
 
-from usage_pipeline.billing.checks import invoice_totals_result, lines_without_events_result, md_table
+from usage_pipeline.billing.checks import invoice_totals_result, lines_without_events_result
 from usage_pipeline.billing.close import close_billing
 from usage_pipeline.billing.partitions import close_partitions
 from usage_pipeline.catalog.assets import load_catalog_or_fail
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+from usage_pipeline.ui import md_text
 
 _DEPS = [
     dg.AssetKey("meter_usage"),
@@ -69,7 +70,7 @@ def billing(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: Pi
         "seconds": round(time.perf_counter() - started, 3),
         **{f"total:{t.currency}": str(t.total) for t in result.totals},
         "totals": dg.MetadataValue.md(
-            md_table(
+            md_text(
                 ["currency", "total", "invoices", "lines"],
                 [(t.currency, t.total, t.invoices, t.lines) for t in result.totals],
             )

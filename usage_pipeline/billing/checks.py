@@ -1,6 +1,5 @@
 """Asset checks of the billing domain, and the Markdown tables they show in the Dagster UI."""
 
-from collections.abc import Iterable, Sequence
 from datetime import date
 
 import dagster as dg
@@ -10,23 +9,10 @@ from usage_pipeline.billing import sql
 from usage_pipeline.billing.late import find_late_usage
 from usage_pipeline.catalog.model import CatalogError, load_catalog
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+from usage_pipeline.ui import md_text
 
 SAMPLES_PER_CODE = 5
 MAX_TABLE_ROWS = 50
-
-
-def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], limit: int = MAX_TABLE_ROWS) -> str:
-    """A Markdown table (pipes escaped), cut after `limit` rows with a note saying how many were left."""
-
-    def cell(value: object) -> str:
-        return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    all_rows = list(rows)
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in all_rows[:limit]]
-    if len(all_rows) > limit:
-        lines.append(f"\n… and {len(all_rows) - limit} more")
-    return "\n".join(lines)
 
 
 def usage_exceptions_result(conn: duckdb_module.DuckDBPyConnection, close_date: date) -> dg.AssetCheckResult:
@@ -39,11 +25,11 @@ def usage_exceptions_result(conn: duckdb_module.DuckDBPyConnection, close_date: 
     metadata: dict[str, dg.RawMetadataValue] = {
         "exceptions": total,
         **{f"code:{code}": n for code, n in counts},
-        "counts": dg.MetadataValue.md(md_table(["code", "events"], counts)),
+        "counts": dg.MetadataValue.md(md_text(["code", "events"], counts)),
     }
     if samples:
         headers = ["code", "event_id", "subscription", "customer", "meter", "file", "row", "detail"]
-        metadata["samples"] = dg.MetadataValue.md(md_table(headers, samples))
+        metadata["samples"] = dg.MetadataValue.md(md_text(headers, samples))
     return dg.AssetCheckResult(
         check_name="usage_exceptions_found",
         asset_key="usage_exceptions",
@@ -60,7 +46,7 @@ def _error_check(
     """An ERROR check that passes when `rows` (the offending ones) is empty, and lists them otherwise."""
     metadata: dict[str, dg.RawMetadataValue] = {counted: len(rows)}
     if rows:
-        metadata["offending"] = dg.MetadataValue.md(md_table(headers, rows))
+        metadata["offending"] = dg.MetadataValue.md(md_text(headers, rows))
     return dg.AssetCheckResult(
         check_name=check_name,
         asset_key=asset,
@@ -148,7 +134,7 @@ def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheck
         **{f"at_stake:{currency}": str(amount) for currency, amount in report.at_stake_by_currency.items()},
     }
     if rows:
-        metadata["late_periods"] = dg.MetadataValue.md(md_table(headers, rows))
+        metadata["late_periods"] = dg.MetadataValue.md(md_text(headers, rows))
     return dg.AssetCheckResult(
         passed=not rows,
         severity=dg.AssetCheckSeverity.WARN,

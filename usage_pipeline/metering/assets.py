@@ -5,11 +5,12 @@ from datetime import UTC, date, datetime
 
 import dagster as dg
 
-from usage_pipeline.billing.checks import md_table, usage_exceptions_result
+from usage_pipeline.billing.checks import usage_exceptions_result
 from usage_pipeline.billing.partitions import close_partitions
 from usage_pipeline.catalog.assets import CATALOG_KEYS, load_catalog_or_fail
 from usage_pipeline.metering.meter import close_metering
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+from usage_pipeline.ui import md_text
 
 USAGE_EVENTS = dg.AssetKey("usage_events")
 METERING_KEYS = (dg.AssetKey("meter_usage"), dg.AssetKey("usage_exceptions"), dg.AssetKey("metered_events"))
@@ -65,7 +66,7 @@ def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: P
     }
     if result.not_over:
         common["not_over"] = dg.MetadataValue.md(
-            md_table(
+            md_text(
                 ["subscription", "period start", "period end"],
                 [(p.subscription_id, p.start, p.end) for p in result.not_over],
             )
