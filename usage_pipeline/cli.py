@@ -110,11 +110,20 @@ def dev(port: int, s3_port: int) -> None:
 
 
 def _dagster_dev(port: int) -> None:
-    workspace = Path.cwd() / "workspace.yaml"
+    """`dagster dev` from inside DAGSTER_HOME, so that Dagster reads the instance config there (a
+    dagster.yaml in the working folder that is not DAGSTER_HOME draws a warning), with every relative
+    path resolved against this folder first: the DuckDB file and the catalog stay where the CLI puts them."""
+    project = Path.cwd()
+    env = os.environ.copy()
+    for var, default in (("USAGE_DUCKDB_PATH", "data/usage.duckdb"), ("USAGE_CATALOG_PATH", "")):
+        value = env.get(var) or default
+        if value and not Path(value).is_absolute():
+            env[var] = str(project / value)
+    workspace = project / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.exists() else ["-m", "usage_pipeline.definitions"]
     command = [str(Path(sys.executable).parent / "dagster"), "dev", *target, "-p", str(port)]
     with contextlib.suppress(KeyboardInterrupt):
-        subprocess.run(command, check=False, env=os.environ.copy())
+        subprocess.run(command, check=False, env=env, cwd=env["DAGSTER_HOME"])
 
 
 @main.command()
