@@ -227,3 +227,37 @@ def test_a_failed_run_is_retried_and_its_files_ingested(instance, settings, s3, 
     retry = instance.get_run_by_id(result.run_ids[0])
     assert retry.tags["usage_pipeline/retry_of"] == failed.run_id
     assert retry.tags["usage_pipeline/attempt"] == "2"
+
+
+def test_a_tick_that_fails_half_way_through_the_listing_is_redone_without_loss(
+    instance, settings, s3, bucket
+):
+    from usage_pipeline.ingest.discovery import ListingCursor
+    from usage_pipeline.ingest.sensors import evaluate_sensor
+    from usage_pipeline.local_s3 import s3_client
+
+    t = now_s() - 60
+    for i in range(1001):  # two listing pages
+        put(s3, bucket, f"incoming/k{i:05d}.csv", stripe_csv([(f"e{i}", t, "api_call", "cus_1", "1")]))
+    settings = settings.model_copy(update={"run_max_files": 500, "tick_max_runs": 10})
+    flaky = s3_client(settings.s3_endpoint_url)
+    calls = {"n": 0}
+
+    def fail_second_page(**kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("S3 went away between two listing pages")
+
+    flaky.meta.events.register("before-call.s3.ListObjectsV2", fail_second_page)
+    with pytest.raises(ConnectionError):
+        evaluate_sensor(instance, flaky, settings, cursor=None)
+    # The failed tick produced no cursor and no run request: the next tick starts from the same cursor.
+    outcome = evaluate_sensor(instance, flaky, settings, cursor=None)
+    requested = [
+        f["key"]
+        for r in outcome.run_requests
+        for f in r.run_config["ops"]["ingest_usage_files"]["config"]["files"]
+    ]
+    assert len(requested) == 1001 and len(set(requested)) == 1001
+    again = evaluate_sensor(instance, flaky, settings, cursor=outcome.cursor.to_json())
+    assert again.run_requests == [] and isinstance(again.cursor, ListingCursor)
