@@ -35,6 +35,28 @@ def _reject_codes(settings: Settings, run_ids: list[str]) -> list[tuple]:
         ).fetchall()
 
 
+def _print_lineage(settings: Settings, day) -> None:
+    """Lineage from an invoice line down to the S3 files and rows behind it (the line_item_events view)."""
+    with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
+        line = conn.execute(
+            """SELECT line_item_id, invoice_id, price_id, quantity FROM invoice_line_items
+               WHERE close_date = $day AND meter_id IS NOT NULL ORDER BY invoice_id, price_id LIMIT 1""",
+            {"day": day},
+        ).fetchall()
+        if not line:
+            return
+        line_item_id, invoice_id, price_id, quantity = line[0]
+        files = conn.execute(
+            """SELECT source_file, count(*), min(source_row), max(source_row) FROM line_item_events
+               WHERE line_item_id = $id GROUP BY ALL ORDER BY 1""",
+            {"id": line_item_id},
+        ).fetchall()
+    click.echo(f"\n4. lineage of line {line_item_id} ({invoice_id}, {price_id}, quantity {quantity.normalize():f}):")
+    for source_file, events, first, last in files:
+        click.echo(f"   {events:>5} events from {source_file} rows {first}–{last}")
+    click.echo(f"   query: SELECT * FROM line_item_events WHERE line_item_id = '{line_item_id}'")
+
+
 def run_demo(settings: Settings) -> int:
     from usage_pipeline.close_command import invoices_of, print_invoices, run_close
     from usage_pipeline.definitions import build_definitions
@@ -73,6 +95,7 @@ def run_demo(settings: Settings) -> int:
             f"{'succeeded' if close.success else 'FAILED'}"
         )
         print_invoices(invoices_of(settings, today))
+        _print_lineage(settings, today)
 
     click.echo(
         f"\nDone in {time.perf_counter() - started:.1f} s. DuckDB: {settings.duckdb_path} "

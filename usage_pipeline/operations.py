@@ -24,7 +24,7 @@ CLI_PENDING_KEY = "usage_pipeline/cli_pending_runs"
 LAUNCHED_BY_TAG = "usage_pipeline/launched_by"
 RUN_KEY_TAG = "dagster/run_key"
 # The CLI prints its own one-line-per-file summary; the full event log still goes to the instance (UI).
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 class IngestBusyError(RuntimeError):
