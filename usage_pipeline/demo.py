@@ -51,7 +51,8 @@ def _print_lineage(settings: Settings, day) -> None:
                WHERE line_item_id = $id GROUP BY ALL ORDER BY 1""",
             {"id": line_item_id},
         ).fetchall()
-    click.echo(f"\n4. lineage of line {line_item_id} ({invoice_id}, {price_id}, quantity {quantity.normalize():f}):")
+    amount = f"{quantity.normalize():f}"
+    click.echo(f"\n4. lineage of line {line_item_id} ({invoice_id}, {price_id}, quantity {amount}):")
     for source_file, events, first, last in files:
         click.echo(f"   {events:>5} events from {source_file} rows {first}–{last}")
     click.echo(f"   query: SELECT * FROM line_item_events WHERE line_item_id = '{line_item_id}'")
