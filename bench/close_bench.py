@@ -24,12 +24,6 @@ from usage_pipeline.metering.meter import close_metering
 from usage_pipeline.storage.connection import open_database
 
 CLOSE_DATE = date(2026, 3, 15)
-# Let DuckDB keep freed memory for reuse between the statements of a close instead of handing it back to
-# the OS and faulting it in again (steadier timings on a small VM).
-TUNING = [
-    "SET allocator_flush_threshold = '8GB'",
-    "SET allocator_bulk_deallocation_flush_threshold = '8GB'",
-]
 DAY_MS = 86_400_000
 
 METERS = [
@@ -158,18 +152,19 @@ def run(events: int, subscriptions: int, path: Path) -> BenchResult:
     conn.close()
     build = time.perf_counter() - started
 
-    # The close runs like a period_close run: a fresh connection (DuckDB's buffer pool empty).
+    # The close runs like a period_close run: a fresh connection from open_database, configured as in
+    # production (DuckDB's buffer pool empty).
     conn = open_database(str(path))
-    for setting in TUNING:
-        conn.execute(setting)
     now = datetime.combine(CLOSE_DATE + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     t0 = time.perf_counter()
     metering = close_metering(conn, catalog, CLOSE_DATE, now=now, run_id="bench")
     t1 = time.perf_counter()
     billing = close_billing(conn, catalog, CLOSE_DATE, now=now)
     t2 = time.perf_counter()
+    (lineage,) = conn.execute("SELECT count(*) FROM metered_events").fetchall()[0]
     conn.close()
     assert metering.events_metered == events, (metering.events_metered, events, metering.exceptions)
+    assert lineage == events, ("metered_events rows", lineage, events)
     return BenchResult(events, subscriptions, build, t1 - t0, t2 - t1, billing.invoices, billing.lines)
 
 

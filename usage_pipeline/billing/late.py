@@ -35,9 +35,10 @@ _STORED_PERIODS = """
 # re-rated with them next to the stored one (0 when the close produced no invoice).
 _LATE_PERIODS = f"""
     WITH late AS (
-        SELECT m.subscription_id, m.period_end, count(DISTINCT m.erow) AS late_events
-        FROM (SELECT * FROM mt_matches WHERE {COUNTED}) AS m
-        JOIN late_periods AS p ON p.subscription_id = m.subscription_id AND p.period_end = m.period_end
+        SELECT p.subscription_id, p.period_end, count(DISTINCT m.erow) AS late_events
+        FROM (SELECT erow, period_no, ingested_at FROM mt_matches WHERE {COUNTED}) AS m
+        JOIN mt_periods AS mp ON mp.period_no = m.period_no
+        JOIN late_periods AS p ON p.subscription_id = mp.subscription_id AND p.period_end = mp.period_end
         WHERE m.ingested_at > p.closed_at
         GROUP BY ALL)
     SELECT p.subscription_id, p.customer_id, p.period_start, p.period_end, l.late_events,

@@ -40,11 +40,16 @@ INVOICE_ID = (
     "'inv_' || left(sha256(c.subscription_id || '|' || strftime(c.period_end, '%Y-%m-%dT%H:%M:%S.%fZ')), 20)"
 )
 
+# Each invoice id is hashed once (not once per line), then each line id from it.
 CREATE_LINES = f"""
     CREATE OR REPLACE TEMP TABLE rt_lines AS
-    WITH ided AS (
-        SELECT {INVOICE_ID} AS invoice_id, c.*, r.amount, r.tiers
+    WITH invoices AS (
+        SELECT c.subscription_id, c.period_end, {INVOICE_ID} AS invoice_id
+        FROM (SELECT DISTINCT subscription_id, period_end FROM rt_candidates) AS c),
+    ided AS (
+        SELECT i.invoice_id, c.*, r.amount, r.tiers
         FROM rt_candidates AS c
+        JOIN invoices AS i ON i.subscription_id = c.subscription_id AND i.period_end = c.period_end
         JOIN rt_ratings AS r ON r.price_id = c.price_id AND r.quantity = c.quantity)
     SELECT 'li_' || left(sha256(invoice_id || '|' || price_id), 20) AS line_item_id, *
     FROM ided
