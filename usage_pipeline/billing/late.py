@@ -25,10 +25,24 @@ _CANDIDATE_DATES = """
     ORDER BY c.close_date
 """
 
+# The date's closed periods that a late event can land in: a late Chargebee event names its subscription, a
+# late Stripe event can route to any subscription of its customer. Only these are re-metered and re-rated
+# (routing still sees the whole catalog), so a late file costs the check its customers, not the whole date.
 _STORED_PERIODS = """
     CREATE OR REPLACE TEMP TABLE late_periods AS
-    SELECT subscription_id, customer_id, period_start, period_end, closed_at
-    FROM closed_periods WHERE close_date = $close_date
+    WITH closed AS (
+        SELECT * FROM closed_periods WHERE close_date = $close_date),
+    bounds AS (
+        SELECT min(period_start) AS lo, max(period_end) AS hi, min(closed_at) AS closed_at FROM closed),
+    late_owners AS (
+        SELECT DISTINCT e.layout,
+               CASE e.layout WHEN 'stripe' THEN e.customer_id ELSE e.subscription_id END AS owner
+        FROM usage_events AS e, bounds AS w
+        WHERE e.ts >= w.lo AND e.ts < w.hi AND e.ingested_at > w.closed_at)
+    SELECT p.subscription_id, p.customer_id, p.period_start, p.period_end, p.closed_at
+    FROM closed AS p
+    WHERE p.customer_id IN (SELECT owner FROM late_owners WHERE layout = 'stripe')
+       OR p.subscription_id IN (SELECT owner FROM late_owners WHERE layout = 'chargebee')
 """
 
 # Per closed period: the counted events ingested after the period was closed, and the invoice total
