@@ -25,53 +25,26 @@ class UsageDuckDB(DuckDBResource):
 
 
 class PipelineSettings(dg.ConfigurableResource):
-    """The settings of SPEC section 8 as the UI shows them; `get()` returns the typed object."""
+    """The settings of SPEC section 8 as the UI shows them (durations as ISO 8601); `get()` returns the
+    typed object. The S3 endpoint and the DuckDB file live in the `s3` and `duckdb` resources."""
 
     bucket: str
     prefix: str
     catalog_path: str
     max_file_bytes: int
-    max_event_age_seconds: float
-    max_future_skew_seconds: float
-    close_grace_seconds: float
+    max_event_age: str
+    max_future_skew: str
+    close_grace: str
     run_max_files: int
     run_max_bytes: int
     tick_max_runs: int
     tick_list_seconds: float
-    listing_overlap_seconds: float
-    stripe_dedup_window_seconds: float
+    listing_overlap: str
+    stripe_dedup_window: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineSettings:
-        return cls(
-            bucket=settings.bucket,
-            prefix=settings.prefix,
-            catalog_path=settings.catalog_path,
-            max_file_bytes=settings.max_file_bytes,
-            max_event_age_seconds=settings.max_event_age.total_seconds(),
-            max_future_skew_seconds=settings.max_future_skew.total_seconds(),
-            close_grace_seconds=settings.close_grace.total_seconds(),
-            run_max_files=settings.run_max_files,
-            run_max_bytes=settings.run_max_bytes,
-            tick_max_runs=settings.tick_max_runs,
-            tick_list_seconds=settings.tick_list_seconds,
-            listing_overlap_seconds=settings.listing_overlap.total_seconds(),
-            stripe_dedup_window_seconds=settings.stripe_dedup_window.total_seconds(),
-        )
+        return cls(**settings.model_dump(mode="json", include=set(cls.model_fields)))
 
     def get(self) -> Settings:
-        return Settings(
-            bucket=self.bucket,
-            prefix=self.prefix,
-            catalog_path=self.catalog_path,
-            max_file_bytes=self.max_file_bytes,
-            max_event_age=self.max_event_age_seconds,
-            max_future_skew=self.max_future_skew_seconds,
-            close_grace=self.close_grace_seconds,
-            run_max_files=self.run_max_files,
-            run_max_bytes=self.run_max_bytes,
-            tick_max_runs=self.tick_max_runs,
-            tick_list_seconds=self.tick_list_seconds,
-            listing_overlap=self.listing_overlap_seconds,
-            stripe_dedup_window=self.stripe_dedup_window_seconds,
-        )
+        return Settings(**{name: getattr(self, name) for name in type(self).model_fields})
