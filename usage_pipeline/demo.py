@@ -61,7 +61,8 @@ def _print_lineage(settings: Settings, day) -> None:
 def run_demo(settings: Settings) -> int:
     from usage_pipeline.close_command import invoices_of, print_invoices, run_close
     from usage_pipeline.definitions import build_definitions
-    from usage_pipeline.generate import demo_files, write_files
+    from usage_pipeline.demo_data import demo_files
+    from usage_pipeline.generate import write_files
     from usage_pipeline.instance import get_instance
     from usage_pipeline.local_s3 import local_s3, s3_client
     from usage_pipeline.operations import run_ingest

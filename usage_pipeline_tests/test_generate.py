@@ -14,16 +14,18 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from usage_pipeline.generate import (
-    COLUMNS,
-    DEDUP_KEYS,
+from usage_pipeline.demo_data import (
     DEMO_CUSTOMERS,
     DEMO_EVENT_NAMES,
     DEMO_FEATURES,
     DEMO_SUBSCRIPTIONS,
-    FORMATS,
     demo_files,
     demo_set,
+)
+from usage_pipeline.generate import (
+    COLUMNS,
+    DEDUP_KEYS,
+    FORMATS,
     generate_usage_file,
     generate_usage_frame,
     write_files,
