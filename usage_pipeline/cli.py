@@ -10,9 +10,8 @@ from pathlib import Path
 
 import click
 
+from usage_pipeline.exit_codes import EXIT_FAILED, EXIT_USAGE
 from usage_pipeline.settings import ConfigError, Settings, load_settings
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _settings() -> Settings:

@@ -9,11 +9,11 @@ import click
 import dagster as dg
 
 from usage_pipeline.billing.money import minor_units
+from usage_pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from usage_pipeline.operations import QUIET_CONSOLE
 from usage_pipeline.settings import Settings
 from usage_pipeline.storage.connection import connect
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CLOSE_JOB_NAME = "period_close"
 
 

@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 import click
 import duckdb
 
+from usage_pipeline.exit_codes import EXIT_FAILED, EXIT_OK
 from usage_pipeline.settings import Settings
-
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def _ledger_rows(settings: Settings, versions: list[tuple[str, str]]) -> list[tuple]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 from filelock import FileLock, Timeout
 
+from usage_pipeline.exit_codes import EXIT_FAILED, EXIT_OK
 from usage_pipeline.ingest.assets import HOST_TAG, INGEST_JOB_NAME, PID_TAG
 from usage_pipeline.ingest.model import STATUS_FAILED
 from usage_pipeline.ingest.sensors import SENSOR_NAME, evaluate_sensor, fail_dead_runs
@@ -42,8 +43,8 @@ class IngestResult:
     def exit_code(self) -> int:
         """SPEC 9: 0 when every processed file ended well (or nothing was new), 1 when any failed."""
         if self.failed_runs or any(o.status == STATUS_FAILED for o in self.outcomes):
-            return 1
-        return 0
+            return EXIT_FAILED
+        return EXIT_OK
 
 
 def _run_exists(instance: dg.DagsterInstance, run_key: str) -> bool:

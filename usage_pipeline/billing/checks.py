@@ -12,7 +12,6 @@ from usage_pipeline.resources import PipelineSettings, UsageDuckDB
 from usage_pipeline.ui import md_text
 
 SAMPLES_PER_CODE = 5
-MAX_TABLE_ROWS = 50
 
 
 def usage_exceptions_result(conn: duckdb_module.DuckDBPyConnection, close_date: date) -> dg.AssetCheckResult:
