@@ -41,6 +41,9 @@ class PipelineSettings(dg.ConfigurableResource):
     tick_list_seconds: float
     listing_overlap: str
     stripe_dedup_window: str
+    retry_backoff: str
+    retry_backoff_max: str
+    s3_max_attempts: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineSettings:

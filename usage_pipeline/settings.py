@@ -56,6 +56,11 @@ class Settings(BaseModel):
     duckdb_lock_timeout: timedelta = timedelta(minutes=10)
     # Stripe identifiers: how far outside a batch's event-time range stored twins are looked for.
     stripe_dedup_window: timedelta = timedelta(hours=24)
+    # A listed file version with no ledger row is requested again after base * 2**(attempts - 1), capped.
+    retry_backoff: timedelta = timedelta(seconds=30)
+    retry_backoff_max: timedelta = timedelta(hours=1)
+    # S3 calls: botocore's adaptive retry mode with this many attempts in all (first try included).
+    s3_max_attempts: int = Field(default=10, gt=0)
 
     @field_validator(
         "max_event_age",
@@ -64,6 +69,8 @@ class Settings(BaseModel):
         "listing_overlap",
         "duckdb_lock_timeout",
         "stripe_dedup_window",
+        "retry_backoff",
+        "retry_backoff_max",
         mode="before",
     )
     @classmethod
@@ -89,6 +96,9 @@ ENV_VARS: dict[str, str] = {
     "USAGE_LISTING_OVERLAP": "listing_overlap",
     "USAGE_DUCKDB_LOCK_TIMEOUT": "duckdb_lock_timeout",
     "USAGE_STRIPE_DEDUP_WINDOW": "stripe_dedup_window",
+    "USAGE_RETRY_BACKOFF": "retry_backoff",
+    "USAGE_RETRY_BACKOFF_MAX": "retry_backoff_max",
+    "USAGE_S3_MAX_ATTEMPTS": "s3_max_attempts",
 }
 
 
