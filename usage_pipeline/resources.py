@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
+from pydantic import PrivateAttr
 
 from usage_pipeline.settings import Settings
-from usage_pipeline.storage.connection import connect
+from usage_pipeline.storage.connection import Log, connect
+
+# The host and process a run executes in: a run whose process is gone is failed and its pool slot freed.
+HOST_TAG = "usage_pipeline/host"
+PID_TAG = "usage_pipeline/pid"
+
+
+def process_tags() -> dict[str, str]:
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
 class UsageDuckDB(DuckDBResource):
-    """The pipeline's DuckDB file. Waits for another writer's lock instead of failing at once."""
+    """The pipeline's DuckDB file. Waits for another writer's lock instead of failing at once, and says
+    in the step's log that it waits, on what, and for how long."""
 
     lock_timeout_seconds: float = 600.0
+    _log: Log | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Every run that touches the store says where it runs, so that a killed one can be recognised.
+        if context.instance is not None and context.run is not None:
+            run = context.instance.get_run_by_id(context.run.run_id)
+            if run is not None and run.tags.get(PID_TAG) != str(os.getpid()):
+                context.instance.add_run_tags(context.run.run_id, process_tags())
+        if context.log is not None:
+            self._log = context.log.info
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with connect(self.database, self.lock_timeout_seconds) as conn:
+        with connect(self.database, self.lock_timeout_seconds, log=self._log) as conn:
             yield conn
 
 

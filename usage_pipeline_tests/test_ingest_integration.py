@@ -259,5 +259,12 @@ def test_a_tick_that_fails_half_way_through_the_listing_is_redone_without_loss(
         for f in r.run_config["ops"]["ingest_usage_files"]["config"]["files"]
     ]
     assert len(requested) == 1001 and len(set(requested)) == 1001
+    # The daemon creates the requested runs; while they are queued nothing is requested twice.
+    job = build_definitions(settings).resolve_job_def(INGEST_JOB_NAME)
+    for request in outcome.run_requests:
+        instance.create_run_for_job(
+            job_def=job, run_config=request.run_config, tags={"dagster/run_key": request.run_key}
+        )
     again = evaluate_sensor(instance, flaky, settings, cursor=outcome.cursor.to_json())
     assert again.run_requests == [] and isinstance(again.cursor, ListingCursor)
+    assert again.pending == 1001

@@ -1,7 +1,5 @@
 """Dagster assets of the ingest stage: one multi-asset loads a batch of file versions into DuckDB."""
 
-import os
-import socket
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -10,15 +8,13 @@ from pydantic import Field
 
 from usage_pipeline.ingest import quality
 from usage_pipeline.ingest.model import STATUS_FAILED, FileVersion, ValidationLimits
-from usage_pipeline.ingest.runner import IngestReport, ingest_files
+from usage_pipeline.ingest.runner import IngestReport, Unavailable, ingest_files
 from usage_pipeline.ingest.s3 import read_version
 from usage_pipeline.ingest.store import naive_utc
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
 from usage_pipeline.ui import check_result, md_table
 
 INGEST_GROUP = "ingest"
-HOST_TAG = "usage_pipeline/host"
-PID_TAG = "usage_pipeline/pid"
 
 ingested_files_spec = dg.AssetSpec(
     "ingested_files",
@@ -50,6 +46,14 @@ CHECKS = [
         "row_counts_balance",
         asset="ingested_files",
         description="rows_total = accepted + duplicate + rejected, and the stored rows match the ledger.",
+    ),
+    dg.AssetCheckSpec(
+        "no_files_waiting",
+        asset="ingested_files",
+        description=(
+            "ERROR while a file version that a run took up is still without a ledger row after an error "
+            "or a retry (it is requested again with backoff until it has one)."
+        ),
     ),
     dg.AssetCheckSpec(
         "dedup_keys_unique",
@@ -91,6 +95,7 @@ def _materialization_metadata(report: IngestReport) -> dict[str, object]:
     return {
         "files": len(report.outcomes),
         "files_already_ingested": len(report.outcomes) - len(report.new_outcomes),
+        "files_unavailable": len(report.unavailable),
         **{f"files_{status}": n for status, n in sorted(statuses.items())},
         "rows_total": report.total("rows_total"),
         "rows_accepted": report.total("rows_accepted"),
@@ -117,15 +122,13 @@ def ingest_usage_files(
     settings: PipelineSettings,
 ):
     """Load, validate and deduplicate the run's file versions into DuckDB, one transaction per file."""
-    # Lets the sensor recognise this run as dead if its process is killed (the default run launcher
-    # cannot tell), so that its files are retried.
-    context.instance.add_run_tags(
-        context.run.run_id, {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    )
     cfg = settings.get()
     client = s3.get_client()
     files = [f.to_version() for f in config.files]
     since = naive_utc(datetime.now(UTC)) - timedelta(seconds=1)
+
+    def log_unavailable(item: Unavailable) -> None:
+        context.log.error(f"could not read {item.file.key} (it stays pending and is retried): {item.error}")
 
     def log(outcome) -> None:
         level = context.log.warning if outcome.status == STATUS_FAILED else context.log.info
@@ -145,6 +148,7 @@ def ingest_usage_files(
             run_id=context.run.run_id,
             stripe_dedup_window=cfg.stripe_dedup_window,
             on_file=log,
+            on_unavailable=log_unavailable,
         )
         findings = {
             ("ingested_files", "no_failed_files", dg.AssetCheckSeverity.ERROR): quality.failed_files(
@@ -155,6 +159,9 @@ def ingest_usage_files(
             ),
             ("ingested_files", "row_counts_balance", dg.AssetCheckSeverity.ERROR): quality.row_counts_balance(
                 conn, context.run.run_id, since
+            ),
+            ("ingested_files", "no_files_waiting", dg.AssetCheckSeverity.ERROR): quality.files_waiting(
+                conn, datetime.now(UTC)
             ),
             ("usage_events", "dedup_keys_unique", dg.AssetCheckSeverity.ERROR): quality.dedup_keys_unique(
                 conn, since, cfg.stripe_dedup_window
@@ -180,6 +187,17 @@ def ingest_usage_files(
             summary=finding.summary,
             counts=finding.counts,
             examples=finding.examples,
+        )
+    if report.unavailable:
+        first = report.unavailable[0]
+        raise dg.Failure(
+            description=(
+                f"{first.error} — {len(report.unavailable)} of {len(files)} files could not be read "
+                "and stay pending; the sensor requests them again with backoff"
+            ),
+            metadata={
+                "unavailable": md_table([{"file": u.file.key, "error": u.error} for u in report.unavailable])
+            },
         )
 
 

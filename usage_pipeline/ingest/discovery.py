@@ -8,6 +8,9 @@ pass completes, the watermark moves to the pass's start time minus an overlap th
 same-second uploads: every version that existed when the pass started was seen by it, and anything newer
 is within the overlap of the next pass. `recent` only needs versions at or after the watermark, so it stays
 as small as the recent arrivals.
+
+Discovery only proposes versions. What is done is decided by the ledger (see `pending`): a proposed
+version stays pending, and is requested again with backoff, until it has a ledger row.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ class ListingCursor:
     pass_after: str | None = None  # last key decided in the current pass
     recent: dict[str, float] = field(default_factory=dict)  # version digest -> LastModified (epoch s)
     passes_completed: int = 0
+    # Versions proposed but not yet seen in the ledger: digest -> PendingVersion fields (see pending.py).
+    pending: dict[str, list] = field(default_factory=dict)
+    requests: int = 0  # run requests made so far: numbers each run key, so no key is ever reused
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, separators=(",", ":"), sort_keys=True)
@@ -64,6 +70,12 @@ class TickPlan:
     cursor: ListingCursor
     keys_listed: int
     pass_completed: bool
+    # Listed versions below the watermark and not pending: done unless the ledger says otherwise.
+    older: list[FileVersion] = field(default_factory=list)
+
+    @property
+    def candidates(self) -> list[FileVersion]:
+        return [f for batch in self.batches for f in batch]
 
 
 def _epoch(value: datetime) -> float:
@@ -109,6 +121,7 @@ def plan_tick(
     max_bytes = limits.tick_max_runs * limits.run_max_bytes
     deadline = clock() + limits.tick_list_seconds
     candidates: list[FileVersion] = []
+    older: list[FileVersion] = []
     candidate_bytes = 0
     listed = 0
     completed = False
@@ -117,7 +130,12 @@ def plan_tick(
         page, more = list_page(state.pass_after)
         for file in page:
             listed += 1
-            if _epoch(file.last_modified) >= state.watermark and version_digest(file) not in state.recent:
+            digest = version_digest(file)
+            if digest in state.pending:
+                pass
+            elif _epoch(file.last_modified) < state.watermark:
+                older.append(file)
+            elif digest not in state.recent:
                 weight = file.size if file.size <= limits.max_file_bytes else 0
                 if candidates and (len(candidates) >= max_files or candidate_bytes + weight > max_bytes):
                     full = True  # this key is left for the next tick: pass_after stays before it
@@ -140,4 +158,4 @@ def plan_tick(
         state.pass_after = None
         state.passes_completed += 1
     state.recent = {d: lm for d, lm in state.recent.items() if lm >= state.watermark}
-    return TickPlan(batch_files(candidates, limits), state, listed, completed)
+    return TickPlan(batch_files(candidates, limits), state, listed, completed, older)

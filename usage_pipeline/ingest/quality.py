@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from usage_pipeline.ingest import sql
+from usage_pipeline.ingest.ledger import waiting_files
 from usage_pipeline.ingest.model import STATUS_FAILED
 from usage_pipeline.ingest.store import FileOutcome
 
@@ -113,3 +114,45 @@ def dedup_keys_unique(
         counts={"duplicate_keys": len(dupes), "events_written": int(written)},
         examples={"duplicate keys": dupes},
     )
+
+
+def files_waiting(conn: duckdb.DuckDBPyConnection, now: datetime) -> CheckFinding:
+    """ERROR: file versions that a run took up and that still have no ledger row after an error or a retry.
+
+    They are not lost (the sensor requests them again with backoff until the ledger has them), but
+    someone should know: S3 may be refusing them, or the store may be busy.
+    """
+    waiting = [
+        row
+        for row in waiting_files(conn)
+        if row["last_error"] is not None or int(row["attempts"]) >= 2  # type: ignore[call-overload]
+    ]
+    rows = [
+        {
+            "file": row["file_key"],
+            "etag": row["etag"],
+            "attempts": row["attempts"],
+            "waiting_for": _age(now, row["first_attempt_at"]),  # type: ignore[arg-type]
+            "last_error": row["last_error"] or "",
+            "last_run": row["last_run_id"] or "",
+        }
+        for row in waiting
+    ]
+    summary = (
+        f"{len(rows)} file versions are still waiting for a ledger row after failed attempts "
+        f"(oldest: {rows[0]['file']}, {rows[0]['attempts']} attempts: {rows[0]['last_error']})"
+        if rows
+        else "no file version is waiting after a failed attempt"
+    )
+    return CheckFinding(
+        passed=not rows,
+        summary=summary,
+        counts={"files_waiting": len(rows)},
+        examples={"waiting files (oldest first)": rows[:50]},
+    )
+
+
+def _age(now: datetime, since: datetime) -> str:
+    seconds = max(0, int((now.replace(tzinfo=None) - since).total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"

@@ -1,30 +1,60 @@
-"""The S3 sensor: discover new file versions, request bounded ingest runs, and retry runs that died."""
+"""The S3 sensor: discover new file versions and request bounded ingest runs until the ledger has them."""
 
 import hashlib
 import os
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from usage_pipeline.ingest.assets import HOST_TAG, INGEST_JOB_NAME, PID_TAG, FileVersionConfig
-from usage_pipeline.ingest.discovery import DiscoveryLimits, ListingCursor, plan_tick
+from usage_pipeline.ingest.assets import INGEST_JOB_NAME, FileVersionConfig
+from usage_pipeline.ingest.discovery import (
+    DiscoveryLimits,
+    ListingCursor,
+    batch_files,
+    plan_tick,
+    version_digest,
+)
+from usage_pipeline.ingest.ledger import attempts_of, ledgered
 from usage_pipeline.ingest.model import FileVersion
+from usage_pipeline.ingest.pending import (
+    add_pending,
+    attempts_so_far,
+    drop_done,
+    pending_versions,
+    select_due,
+    store_pending,
+)
 from usage_pipeline.ingest.s3 import list_page
-from usage_pipeline.resources import PipelineSettings
+from usage_pipeline.resources import HOST_TAG, PID_TAG, PipelineSettings, UsageDuckDB
 from usage_pipeline.settings import Settings
+from usage_pipeline.storage.connection import DuckDBBusyError, read_only
 
 SENSOR_NAME = "usage_files_sensor"
 ATTEMPT_TAG = "usage_pipeline/attempt"
 RETRY_OF_TAG = "usage_pipeline/retry_of"
 FILES_TAG = "usage_pipeline/files"
-MAX_ATTEMPTS = 3
-RETRY_LOOKBACK = timedelta(days=2)
-IN_FLIGHT = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
-GAVE_UP = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+RUN_KEY_TAG = "dagster/run_key"
+# A sensor tick does not wait for a writer: it reads the ledger next tick instead.
+LEDGER_READ_TIMEOUT_SECONDS = 5.0
+# The runs whose files are still being worked on: their versions are not requested again meanwhile.
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+# A run in one of these states whose process is gone holds its pool slots for ever unless freed.
+MAYBE_RUNNING = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 @dataclass
@@ -34,6 +64,9 @@ class SensorOutcome:
     keys_listed: int
     retried_runs: list[str]
     dead_runs: list[str]
+    ledger_read: bool = True
+    pending: int = 0  # versions waiting for a ledger row after this evaluation
+    found_again: int = 0  # versions below the watermark that the ledger does not hold (re-proposed)
 
 
 def discovery_limits(settings: Settings) -> DiscoveryLimits:
@@ -47,11 +80,20 @@ def discovery_limits(settings: Settings) -> DiscoveryLimits:
     )
 
 
-def batch_run_request(batch: list[FileVersion]) -> dg.RunRequest:
-    """A run for a batch; its run key names the exact file versions, so it is never requested twice."""
-    digest = hashlib.sha256("\n".join(sorted(f.version_id for f in batch)).encode()).hexdigest()[:24]
+def _batch_digest(batch: list[FileVersion]) -> str:
+    return hashlib.sha256("\n".join(sorted(f.version_id for f in batch)).encode()).hexdigest()[:24]
+
+
+def batch_run_request(
+    batch: list[FileVersion], number: int, attempt: int = 1, retry_of: str | None = None
+) -> dg.RunRequest:
+    """A run for a batch. Its key names the exact versions and the request's number, so a key is never
+    reused: a run that exists with a key (even one that never started) never blocks a later request."""
+    tags = {ATTEMPT_TAG: str(attempt), FILES_TAG: str(len(batch))}
+    if retry_of:
+        tags[RETRY_OF_TAG] = retry_of
     return dg.RunRequest(
-        run_key=f"files:{digest}",
+        run_key=f"files:{_batch_digest(batch)}:{number}",
         run_config={
             "ops": {
                 "ingest_usage_files": {
@@ -59,7 +101,7 @@ def batch_run_request(batch: list[FileVersion]) -> dg.RunRequest:
                 }
             }
         },
-        tags={ATTEMPT_TAG: "1", FILES_TAG: str(len(batch))},
+        tags=tags,
     )
 
 
@@ -74,50 +116,36 @@ def _process_alive(pid: int) -> bool:
 
 
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Mark as failed the in-flight ingest runs whose process on this host no longer exists.
+    """Mark as failed the runs of any job whose process on this host no longer exists, and free their
+    pool slots.
 
-    The default run launcher cannot check a run worker's health, so a killed ingest would otherwise stay
-    STARTED for ever and its files would never be retried. A run's files are safe to retry: the ledger
-    makes re-ingesting a committed file version a no-op.
+    The default run launcher cannot check a run worker's health, so a killed ingest or close would stay
+    STARTED (or NOT_STARTED, when killed between creating and starting it) for ever, holding the only
+    "duckdb" pool slot: every later step would wait on it. Runs carry their host and pid from the moment
+    they are created by the CLI, or from their first step otherwise (the `duckdb` resource tags them).
+    Retrying their files is safe: the ledger makes re-ingesting a committed version a no-op.
     """
     host = socket.gethostname()
     dead = []
-    for run in instance.get_runs(dg.RunsFilter(job_name=INGEST_JOB_NAME, statuses=IN_FLIGHT)):
+    for run in instance.get_runs(dg.RunsFilter(statuses=MAYBE_RUNNING)):
         pid = run.tags.get(PID_TAG)
         if run.tags.get(HOST_TAG) == host and pid and pid.isdigit() and not _process_alive(int(pid)):
-            instance.report_run_failed(run, message=f"ingest process {pid} on {host} is gone (killed?)")
-            # Its claim on the "duckdb" pool died with it; without this every later run would queue forever.
+            instance.report_run_failed(
+                run, message=f"the process of this run ({pid} on {host}) is gone (killed?)"
+            )
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             dead.append(run.run_id)
     return dead
 
 
-def retry_requests(instance: dg.DagsterInstance, now: datetime) -> list[dg.RunRequest]:
-    """Request again, up to MAX_ATTEMPTS, the file batches of ingest runs that failed or were cancelled."""
-    requests = []
-    records = instance.get_run_records(
-        dg.RunsFilter(job_name=INGEST_JOB_NAME, statuses=GAVE_UP, updated_after=now - RETRY_LOOKBACK),
-        limit=500,
-    )
-    for record in records:
-        run = record.dagster_run
-        base_key = run.tags.get("dagster/run_key", "")
-        attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
-        if not base_key.startswith("files:") or attempt >= MAX_ATTEMPTS:
-            continue
-        base_key = base_key.split(":retry", 1)[0]
-        requests.append(
-            dg.RunRequest(
-                run_key=f"{base_key}:retry{attempt + 1}",
-                run_config=run.run_config,
-                tags={
-                    ATTEMPT_TAG: str(attempt + 1),
-                    RETRY_OF_TAG: run.run_id,
-                    FILES_TAG: run.tags.get(FILES_TAG, ""),
-                },
-            )
-        )
-    return requests
+def in_flight_run_keys(instance: dg.DagsterInstance) -> set[str]:
+    runs = instance.get_runs(dg.RunsFilter(job_name=INGEST_JOB_NAME, statuses=IN_FLIGHT))
+    return {run.tags[RUN_KEY_TAG] for run in runs if RUN_KEY_TAG in run.tags}
+
+
+def _max_pending(limits: DiscoveryLimits) -> int:
+    """Back-pressure: no new listing while this many versions wait (keeps the cursor small)."""
+    return 2 * limits.tick_max_runs * limits.run_max_files
 
 
 def evaluate_sensor(
@@ -126,21 +154,61 @@ def evaluate_sensor(
     settings: Settings,
     cursor: str | None,
     now: datetime | None = None,
+    ledger_timeout_seconds: float = LEDGER_READ_TIMEOUT_SECONDS,
+    ledger_path: str | None = None,
 ) -> SensorOutcome:
-    """One evaluation: retries for dead or failed runs first, then newly discovered file versions."""
+    """One evaluation: free dead runs, discover new versions, ask the ledger which pending versions are
+    done, and request runs for the rest that are due."""
     now = now or datetime.now(UTC)
     dead = fail_dead_runs(instance)
-    retries = retry_requests(instance, now)
-    plan = plan_tick(
-        lambda after: list_page(client, settings.bucket, settings.prefix, after),
-        ListingCursor.from_json(cursor),
-        discovery_limits(settings),
-        now,
+    state = ListingCursor.from_json(cursor)
+    pending = pending_versions(state)
+    limits = discovery_limits(settings)
+    keys_listed = 0
+    older: list[FileVersion] = []
+    if len(pending) < _max_pending(limits):
+        plan = plan_tick(
+            lambda after: list_page(client, settings.bucket, settings.prefix, after), state, limits, now
+        )
+        state, keys_listed, older = plan.cursor, plan.keys_listed, plan.older
+        add_pending(pending, plan.candidates)
+    ledger_read, found_again, attempts = False, 0, {}
+    try:
+        with read_only(ledger_path or settings.duckdb_path, ledger_timeout_seconds) as conn:
+            if conn is not None:
+                drop_done(pending, ledgered(conn, [p.file for p in pending.values()]))
+                done = ledgered(conn, older)
+                found_again = add_pending(pending, [f for f in older if (f.key, f.etag) not in done])
+                attempts = attempts_of(conn, [p.file for p in pending.values()])
+            else:  # no store yet: nothing was ever ingested
+                found_again = add_pending(pending, older)
+            ledger_read = True
+    except DuckDBBusyError:
+        pass  # a writer holds the store: new versions are requested, retries wait for the ledger
+    due = select_due(
+        pending,
+        now=now,
+        in_flight=in_flight_run_keys(instance),
+        ledger_read=ledger_read,
+        attempts=attempts,
+        base=settings.retry_backoff,
+        cap=settings.retry_backoff_max,
     )
-    requests = retries + [batch_run_request(batch) for batch in plan.batches]
-    return SensorOutcome(
-        requests, plan.cursor, plan.keys_listed, [r.tags[RETRY_OF_TAG] for r in retries], dead
-    )
+    requests, retried = [], []
+    for batch in batch_files([p.file for p in due], limits)[: limits.tick_max_runs]:
+        entries = [pending[version_digest(f)] for f in batch]
+        records = [attempts.get((f.key, f.etag)) for f in batch]
+        attempt = max(attempts_so_far(p, r) for p, r in zip(entries, records, strict=True)) + 1
+        retry_of = next((r.last_run_id for r in records if r is not None and r.last_run_id), None)
+        state.requests += 1
+        request = batch_run_request(batch, state.requests, attempt, retry_of)
+        for p in entries:
+            p.requested_at, p.run_key, p.requests = now.timestamp(), request.run_key, p.requests + 1
+        requests.append(request)
+        if retry_of:
+            retried.append(retry_of)
+    store_pending(state, pending)
+    return SensorOutcome(requests, state, keys_listed, retried, dead, ledger_read, len(pending), found_again)
 
 
 @dg.sensor(
@@ -151,17 +219,22 @@ def evaluate_sensor(
     description=(
         "Lists s3://$USAGE_BUCKET/$USAGE_PREFIX (sub-folders included) and requests one ingest run per "
         "batch of new file versions (at most USAGE_RUN_MAX_FILES files / USAGE_RUN_MAX_BYTES bytes per run); "
-        "retries runs that failed or whose process died."
+        "requests a version again, with backoff, until the ledger has it; fails runs whose process died."
     ),
 )
 def usage_files_sensor(
-    context: dg.SensorEvaluationContext, s3: S3Resource, settings: PipelineSettings
+    context: dg.SensorEvaluationContext, s3: S3Resource, duckdb: UsageDuckDB, settings: PipelineSettings
 ) -> dg.SensorResult:
-    outcome = evaluate_sensor(context.instance, s3.get_client(), settings.get(), context.cursor)
+    outcome = evaluate_sensor(
+        context.instance, s3.get_client(), settings.get(), context.cursor, ledger_path=duckdb.database
+    )
     files = sum(int(r.tags.get(FILES_TAG) or 0) for r in outcome.run_requests)
     context.log.info(
-        f"listed {outcome.keys_listed} keys; requesting {len(outcome.run_requests)} runs for {files} files"
-        + (f"; retrying failed runs {outcome.retried_runs}" if outcome.retried_runs else "")
+        f"listed {outcome.keys_listed} keys; requesting {len(outcome.run_requests)} runs for {files} files; "
+        f"{outcome.pending} versions wait for a ledger row"
+        + (f"; retrying the files of runs {outcome.retried_runs}" if outcome.retried_runs else "")
         + (f"; marked dead runs failed {outcome.dead_runs}" if outcome.dead_runs else "")
+        + (f"; {outcome.found_again} older versions missing from the ledger" if outcome.found_again else "")
+        + ("" if outcome.ledger_read else "; the store was busy, so retries wait for the next tick")
     )
     return dg.SensorResult(run_requests=outcome.run_requests, cursor=outcome.cursor.to_json())

@@ -16,6 +16,76 @@ INSERT_LEDGER = """
             $rows_total, $rows_accepted, $rows_duplicate, $rows_rejected, $arrived_at, $ingested_at, $run_id)
 """
 
+# The versions asked about are registered as the relation `asked` (file_key, etag).
+LEDGERED_VERSIONS = """
+    SELECT f.file_key, f.etag FROM ingested_files AS f
+    SEMI JOIN asked AS a ON a.file_key = f.file_key AND a.etag = f.etag
+"""
+
+# --- file_attempts: versions taken up by a run that have no ledger row yet -----------------------------
+
+ATTEMPTS_OF = """
+    SELECT t.file_key, t.etag, t.attempts, t.last_attempt_at, t.last_run_id, t.last_error
+    FROM file_attempts AS t
+    SEMI JOIN asked AS a ON a.file_key = t.file_key AND a.etag = t.etag
+"""
+
+# A run takes up its versions: one more attempt each (a first attempt creates the row). `asked` holds
+# (file_key, etag, size_bytes, arrived_at) of the versions not in the ledger; the rows computed here
+# replace theirs (DELETE_ATTEMPTS_OF_ASKED, then INSERT_ATTEMPTS).
+NEXT_ATTEMPTS = """
+    SELECT a.file_key, a.etag, a.size_bytes, a.arrived_at,
+           coalesce(t.attempts, 0) + 1, coalesce(t.first_attempt_at, $now), $now, $run_id,
+           -- an attempt that ended without a word (its process was killed) says so for the next one
+           CASE WHEN t.file_key IS NOT NULL AND t.last_error IS NULL
+                THEN 'attempt ' || t.attempts || ' (run ' || coalesce(t.last_run_id, '?')
+                     || ') ended without a result: its process was killed or lost'
+                ELSE t.last_error END AS last_error
+    FROM asked AS a
+    LEFT JOIN file_attempts AS t ON t.file_key = a.file_key AND t.etag = a.etag
+"""
+
+INSERT_ATTEMPTS = "INSERT INTO file_attempts SELECT * FROM next_attempts"
+
+DELETE_ATTEMPTS_OF_ASKED = """
+    DELETE FROM file_attempts AS t
+    WHERE EXISTS (SELECT 1 FROM asked AS a WHERE a.file_key = t.file_key AND a.etag = t.etag)
+"""
+
+RECORD_ATTEMPT_ERROR = """
+    UPDATE file_attempts SET last_error = $error, last_run_id = $run_id
+    WHERE file_key = $file_key AND etag = $etag
+"""
+
+DELETE_ATTEMPT = "DELETE FROM file_attempts WHERE file_key = $file_key AND etag = $etag"
+
+# Versions still waiting for a ledger row, oldest first. An attempt row whose version reached the ledger
+# cannot exist (the ledger transaction deletes it); the anti-join keeps the answer true regardless.
+WAITING_FILES = """
+    SELECT t.file_key, t.etag, t.size_bytes, t.arrived_at, t.attempts, t.first_attempt_at,
+           t.last_attempt_at, t.last_run_id, t.last_error
+    FROM file_attempts AS t
+    ANTI JOIN ingested_files AS f ON f.file_key = t.file_key AND f.etag = t.etag
+    ORDER BY t.first_attempt_at, t.file_key
+"""
+
+OUTCOMES_OF_RUNS = """
+    SELECT file_key, etag, size_bytes, status, layout, failed_reason, failed_detail,
+           rows_total, rows_accepted, rows_duplicate, rows_rejected
+    FROM ingested_files WHERE run_id IN (SELECT unnest($runs))
+    ORDER BY arrived_at, file_key
+"""
+
+# Failed file versions whose key has no later version that succeeded.
+FAILED_FILES = """
+    SELECT file_key, etag, failed_reason, failed_detail, arrived_at, ingested_at, run_id
+    FROM (SELECT *, row_number() OVER (PARTITION BY file_key ORDER BY arrived_at DESC, ingested_at DESC)
+                    AS newest
+          FROM ingested_files)
+    WHERE newest = 1 AND status = 'failed'
+    ORDER BY ingested_at, file_key
+"""
+
 # The candidate batch is registered as the relation `batch`. Deduplication against history only scans
 # stored events inside the batch's event-time range ($ts_lo, $ts_hi): DuckDB prunes row groups on their
 # `ts` min/max, so the cost follows the batch's time window, not the size of the history.

@@ -15,6 +15,7 @@ from usage_pipeline.ingest.model import (
     STATUS_WITH_ERRORS,
     ParsedFile,
 )
+from usage_pipeline.storage.connection import transaction
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,10 @@ def write_file_version(
     """
     file = parsed.file
     ingested_at = naive_utc(now or datetime.now(UTC))
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         existing = ledger_outcome(conn, file.key, file.etag)
         if existing is not None:
-            conn.execute("ROLLBACK")
+            conn.execute(sql.DELETE_ATTEMPT, {"file_key": file.key, "etag": file.etag})
             return existing
         accepted = _insert_events(conn, parsed, ingested_at, stripe_dedup_window)
         rows_rejected = parsed.rejects.height
@@ -147,8 +147,6 @@ def write_file_version(
                 "run_id": run_id,
             },
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        # The version has its ledger row, so it no longer waits: both in one transaction.
+        conn.execute(sql.DELETE_ATTEMPT, {"file_key": file.key, "etag": file.etag})
     return outcome

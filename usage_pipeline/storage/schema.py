@@ -29,6 +29,20 @@ TABLES: dict[str, str] = {
             ingested_at    TIMESTAMP NOT NULL,
             run_id         VARCHAR
         )""",
+    # A file version that was attempted but has no ledger row yet: its attempts and last error (SPEC 2).
+    # The ingest transaction that writes the version's ledger row deletes its row here.
+    "file_attempts": """
+        CREATE TABLE IF NOT EXISTS file_attempts (
+            file_key         VARCHAR NOT NULL,
+            etag             VARCHAR NOT NULL,
+            size_bytes       BIGINT NOT NULL,
+            arrived_at       TIMESTAMP NOT NULL,
+            attempts         BIGINT NOT NULL,     -- ingest runs that took the version up
+            first_attempt_at TIMESTAMP NOT NULL,
+            last_attempt_at  TIMESTAMP NOT NULL,
+            last_run_id      VARCHAR,
+            last_error       VARCHAR              -- NULL: the last attempt ended without saying why (killed?)
+        )""",
     "usage_events": """
         CREATE TABLE IF NOT EXISTS usage_events (
             event_id        VARCHAR NOT NULL,    -- Stripe identifier (or derived), Chargebee deduplication_id
