@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from usage_pipeline.errors import OneLineErrorsGroup
 from usage_pipeline.exit_codes import EXIT_FAILED, EXIT_USAGE
 from usage_pipeline.settings import ConfigError, Settings, load_settings
 
@@ -33,7 +34,7 @@ def print_outcomes(outcomes) -> None:
         click.echo(f"{o.status:<22} {counts:<58} {o.key}{reason}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """usage_pipeline: S3 usage files -> DuckDB events -> metered, priced pending invoices."""
 
@@ -43,7 +44,7 @@ def ingest() -> None:
     """One sensor evaluation plus the runs it requests, executed now.
 
     Exit 0 when every processed file succeeded, succeeded with errors or was empty (or nothing was new),
-    1 when any file failed, 2 on a usage or configuration error.
+    1 when any file failed or still waits for a retry, 2 on a usage or configuration error.
     """
     from usage_pipeline.definitions import build_definitions
     from usage_pipeline.instance import get_instance
@@ -56,13 +57,55 @@ def ingest() -> None:
         click.echo(f"ingest: {exc}", err=True)
         sys.exit(EXIT_FAILED)
     print_outcomes(result.outcomes)
+    for waiting in result.waiting:
+        click.echo(
+            f"{'waiting':<22} {f'attempts={waiting.attempts}':<58} {waiting.key}  {waiting.error}", err=True
+        )
     for run_id in result.failed_runs:
-        click.echo(f"run {run_id} failed; its files will be retried by the next ingest", err=True)
-    if not result.outcomes and not result.failed_runs:
+        click.echo(f"run {run_id} failed; its files stay pending and are requested again", err=True)
+    if not result.outcomes and not result.failed_runs and not result.waiting:
         click.echo(
             f"nothing new under s3://{settings.bucket}/{settings.prefix} ({result.keys_listed} keys listed)"
         )
     sys.exit(result.exit_code)
+
+
+@main.command()
+@click.option("--failed", "only_failed", is_flag=True, help="Only keys whose newest version failed.")
+@click.option("--waiting", "only_waiting", is_flag=True, help="Only versions without a ledger row yet.")
+def files(only_failed: bool, only_waiting: bool) -> None:
+    """What is not done: failed files, and file versions still waiting for a ledger row (with their
+    attempts and last error). Exit 0 when there are none, 1 otherwise."""
+    from usage_pipeline.instance import get_instance
+    from usage_pipeline.operations import list_files
+
+    settings = _settings()
+    report = list_files(get_instance(), settings)
+    show_all = not (only_failed or only_waiting)
+    if show_all or only_failed:
+        click.echo(f"failed: {len(report.failed)} key(s) whose newest version failed")
+        for row in report.failed:
+            click.echo(
+                f"  {row['file_key']}  (etag {row['etag']}, "
+                f"arrived {row['arrived_at']:%Y-%m-%d %H:%M:%S} UTC)"
+                f"\n      {row['failed_reason']}: {row['failed_detail']}"
+            )
+    if show_all or only_waiting:
+        waiting = len(report.waiting) + len(report.pending_requests)
+        click.echo(f"waiting: {waiting} version(s) without a ledger row yet (requested again with backoff)")
+        for row in report.waiting:
+            click.echo(
+                f"  {row['file_key']}  (etag {row['etag']}, {row['attempts']} attempt(s), first "
+                f"{row['first_attempt_at']:%Y-%m-%d %H:%M:%S} UTC, last run {row['last_run_id']})"
+                f"\n      {row['last_error'] or 'the last attempt is still running or ended without a word'}"
+            )
+        for p in report.pending_requests:
+            click.echo(
+                f"  {p.file.key}  (etag {p.file.etag}, requested {p.requests} time(s), no run took it up yet)"
+            )
+    failed_shown = (show_all or only_failed) and bool(report.failed)
+    waiting_shown = (show_all or only_waiting) and bool(report.waiting or report.pending_requests)
+    sys.exit(EXIT_FAILED if failed_shown or waiting_shown else 0)
 
 
 @main.command()
@@ -156,8 +199,9 @@ def generate(
     from datetime import UTC, datetime
 
     from usage_pipeline.generate import generate_usage_file, write_files
-    from usage_pipeline.local_s3 import s3_client
+    from usage_pipeline.ingest.s3 import s3_client
 
+    settings = _settings()
     arrival = datetime.now(UTC)
     files = {}
     for i in range(n_files):
@@ -172,7 +216,9 @@ def generate(
             duplicate_rate=duplicate_rate,
             key_hint=name,
         )
-    client = s3_client() if out.startswith("s3://") else None
+    client = (
+        s3_client(settings.s3_endpoint_url, settings.s3_max_attempts) if out.startswith("s3://") else None
+    )
     for written in write_files(out, files, s3_client=client):
         click.echo(written)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, date, datetime
 
 import click
@@ -11,6 +10,7 @@ import dagster as dg
 from usage_pipeline.billing.money import minor_units
 from usage_pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from usage_pipeline.operations import QUIET_CONSOLE
+from usage_pipeline.resources import process_tags
 from usage_pipeline.settings import Settings
 from usage_pipeline.storage.connection import connect
 
@@ -31,7 +31,7 @@ def run_close(instance: dg.DagsterInstance, defs: dg.Definitions, day: date) -> 
         run_config=QUIET_CONSOLE,
         partition_key=day.isoformat(),
         instance=instance,
-        tags={"usage_pipeline/launched_by": "cli", "usage_pipeline/host": socket.gethostname()},
+        tags={"usage_pipeline/launched_by": "cli", **process_tags()},
         raise_on_error=False,
     )
 
@@ -64,6 +64,7 @@ def run_close_command(settings: Settings, text: str) -> int:
     from usage_pipeline.billing.partitions import close_partitions
     from usage_pipeline.catalog.model import CatalogError, load_catalog
     from usage_pipeline.definitions import build_definitions
+    from usage_pipeline.ingest.sensors import fail_dead_runs
     from usage_pipeline.instance import get_instance
 
     try:
@@ -82,7 +83,10 @@ def run_close_command(settings: Settings, text: str) -> int:
             f"close: the catalog {settings.catalog_path} is invalid; nothing was closed:\n{exc}", err=True
         )
         return EXIT_USAGE
-    result = run_close(get_instance(), build_definitions(settings), day)
+    instance = get_instance()
+    # A close or ingest killed earlier must not keep the store's pool slot from this one.
+    fail_dead_runs(instance)
+    result = run_close(instance, build_definitions(settings), day)
     if not result.success:
         click.echo(f"close: run {result.run_id} failed; see the Dagster UI / logs above", err=True)
         return EXIT_FAILED

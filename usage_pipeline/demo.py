@@ -62,17 +62,18 @@ def run_demo(settings: Settings) -> int:
     from usage_pipeline.definitions import build_definitions
     from usage_pipeline.demo_data import demo_files
     from usage_pipeline.generate import write_files
+    from usage_pipeline.ingest.s3 import s3_client
     from usage_pipeline.instance import get_instance
-    from usage_pipeline.local_s3 import local_s3, s3_client
+    from usage_pipeline.local_s3 import local_s3
     from usage_pipeline.operations import run_ingest
 
     started = time.perf_counter()
     instance = get_instance()
     with local_s3(bucket=settings.bucket) as endpoint:
         settings = settings.model_copy(update={"s3_endpoint_url": endpoint})
-        client = s3_client(endpoint)
+        client = s3_client(endpoint, settings.s3_max_attempts)
         arrival = datetime.now(UTC)
-        files = demo_files(arrival)
+        files = demo_files(arrival)  # the same bytes all day long: a second demo today finds nothing new
         target = f"s3://{settings.bucket}/{settings.prefix}"
         write_files(target, files, s3_client=client)
         click.echo(f"1. local S3 endpoint {endpoint}: wrote {len(files)} sample files to {target}")

@@ -59,9 +59,12 @@ def demo_set(arrival: datetime, seed: int = 7) -> dict[str, DemoFile]:
 
     Good events fall on the UTC day before `arrival`, so closing today's partition (daily periods ending
     today 00:00) bills them. Keys sort in upload order: a `*-z-resent` file repeats rows of an earlier one.
+    The bytes depend only on the UTC day of `arrival` (and the seed): a second demo the same day uploads
+    the same file versions (same ETags), which are already ingested.
     """
     day_end = arrival.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    common = {"arrival": arrival, "window_end": day_end, "time_span": timedelta(days=1)}
+    # Bad times are placed from the end of today: too old and in the future for any upload during today.
+    common = {"arrival": day_end + timedelta(days=1), "window_end": day_end, "time_span": timedelta(days=1)}
     ids = {"customers": DEMO_CUSTOMERS, "subscriptions": DEMO_SUBSCRIPTIONS, "event_names": DEMO_EVENT_NAMES}
     plan: list[tuple[str, Layout, int, dict[str, Any]]] = [
         ("stripe/usage-a.csv", "stripe", 400, {"duplicate_rate": 0.02}),

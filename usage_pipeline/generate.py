@@ -354,8 +354,8 @@ def write_files(target: str, files: Mapping[str, bytes], s3_client: Any = None) 
             paths.append(str(path))
         return paths
     # Imported here: the S3 helpers pull in boto3 and moto, which local targets do not need.
+    from usage_pipeline.ingest.s3 import s3_client as default_client
     from usage_pipeline.local_s3 import ensure_bucket
-    from usage_pipeline.local_s3 import s3_client as default_client
 
     bucket, _, prefix = target.removeprefix("s3://").partition("/")
     client = s3_client or default_client()

@@ -7,15 +7,27 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-import boto3
+from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from usage_pipeline.ingest.s3 import (
+    LOCAL_ACCESS_KEY_ID,
+    LOCAL_REGION,
+    LOCAL_SECRET_ACCESS_KEY,
+    s3_client,
+)
+
+# The dummy credentials as environment variables, for processes that build their own boto3 clients
+# (the benchmark); the product's clients fall back to them by themselves (see ingest/s3.py: s3_client).
 LOCAL_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "usage-pipeline-local",
-    "AWS_SECRET_ACCESS_KEY": "usage-pipeline-local",
-    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY_ID,
+    "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_ACCESS_KEY,
+    "AWS_DEFAULT_REGION": LOCAL_REGION,
 }
+
+__all__ = ["LOCAL_CREDENTIALS", "ensure_bucket", "free_port", "local_s3", "s3_client"]
 
 
 def free_port() -> int:
@@ -28,16 +40,15 @@ def free_port() -> int:
 def local_s3(port: int | None = None, bucket: str | None = None) -> Iterator[str]:
     """Run a local S3 server on 127.0.0.1, point this process (and its children) at it, yield its URL.
 
-    Credentials are set to dummy values only where none are configured, so no AWS account is needed.
+    No credentials are needed: with an endpoint set and none configured, every client the product builds
+    uses dummy ones.
     """
     port = port or free_port()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in [*LOCAL_CREDENTIALS, "AWS_ENDPOINT_URL_S3"]}
-    for key, value in LOCAL_CREDENTIALS.items():
-        os.environ.setdefault(key, value)
+    saved = os.environ.get("AWS_ENDPOINT_URL_S3")
     os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
     try:
         if bucket:
@@ -45,18 +56,17 @@ def local_s3(port: int | None = None, bucket: str | None = None) -> Iterator[str
         yield endpoint
     finally:
         server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if saved is None:
+            os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL_S3"] = saved
 
 
-def s3_client(endpoint: str | None = None):
-    return boto3.client("s3", endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL_S3"))
-
-
-def ensure_bucket(client, bucket: str) -> None:
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    if bucket not in existing:
+def ensure_bucket(client: Any, bucket: str) -> None:
+    """Create the bucket unless it exists (HEAD needs no right to list every bucket of the account)."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+            raise
         client.create_bucket(Bucket=bucket)

@@ -11,14 +11,16 @@ from filelock import FileLock, Timeout
 from usage_pipeline.exit_codes import EXIT_FAILED, EXIT_OK
 from usage_pipeline.ingest import sql
 from usage_pipeline.ingest.assets import INGEST_JOB_NAME, FileVersionConfig
-from usage_pipeline.ingest.ledger import attempts_of, ledgered
+from usage_pipeline.ingest.discovery import ListingCursor
+from usage_pipeline.ingest.ledger import attempts_of, failed_files, ledgered, waiting_files
 from usage_pipeline.ingest.model import STATUS_FAILED, FileVersion
+from usage_pipeline.ingest.pending import PendingVersion, pending_versions
 from usage_pipeline.ingest.sensors import SENSOR_NAME, evaluate_sensor
 from usage_pipeline.ingest.store import FileOutcome
 from usage_pipeline.local_s3 import s3_client
 from usage_pipeline.resources import process_tags
 from usage_pipeline.settings import Settings
-from usage_pipeline.storage.connection import connect
+from usage_pipeline.storage.connection import connect, read_only
 
 CLI_CURSOR_KEY = "usage_pipeline/cli_sensor_cursor"
 LAUNCHED_BY_TAG = "usage_pipeline/launched_by"
@@ -142,3 +144,32 @@ def run_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, settings: Set
         return result
     finally:
         lock.release()
+
+
+@dataclass
+class FilesReport:
+    """`usage-pipeline files`: what is not done, from the ledger and from this CLI's pending requests."""
+
+    failed: list[dict[str, object]] = field(default_factory=list)
+    waiting: list[dict[str, object]] = field(default_factory=list)
+    pending_requests: list[PendingVersion] = field(default_factory=list)
+
+
+def list_files(instance: dg.DagsterInstance, settings: Settings) -> FilesReport:
+    """Failed keys (newest version failed), versions waiting after an attempt (file_attempts), and versions
+    the CLI requested that no run has taken up yet."""
+    report = FilesReport()
+    cursor = ListingCursor.from_json(
+        instance.run_storage.get_cursor_values({CLI_CURSOR_KEY}).get(CLI_CURSOR_KEY)
+    )
+    pending = list(pending_versions(cursor).values())
+    with read_only(settings.duckdb_path, settings.duckdb_lock_timeout.total_seconds()) as conn:
+        if conn is None:
+            report.pending_requests = pending
+            return report
+        report.failed = failed_files(conn)
+        report.waiting = waiting_files(conn)
+        done = ledgered(conn, [p.file for p in pending])
+    attempted = {(str(w["file_key"]), str(w["etag"])) for w in report.waiting}
+    report.pending_requests = [p for p in pending if (p.file.key, p.file.etag) not in done | attempted]
+    return report

@@ -58,7 +58,7 @@ def read_back(data: bytes, fmt: str) -> pl.DataFrame:
     return pl.DataFrame(flat, schema=dict.fromkeys(flat[0], pl.String) if flat else None)
 
 
-def spec_error_codes(frame: pl.DataFrame, layout: str) -> pl.Series:
+def spec_error_codes(frame: pl.DataFrame, layout: str, arrival_s: int = ARRIVAL_S) -> pl.Series:
     """An independent reading of SPEC 3 on text columns: the first code that applies, or null."""
     col = pl.col
     if layout == "stripe":
@@ -83,8 +83,8 @@ def spec_error_codes(frame: pl.DataFrame, layout: str) -> pl.Series:
     rules = [
         (missing, "missing_required_field"),
         (~col(ts_col).str.contains(r"^[0-9]+$") | wrong_unit, "invalid_timestamp"),
-        (ts < (ARRIVAL_S - MAX_AGE_S) * unit, "timestamp_too_far_in_past"),
-        (ts > (ARRIVAL_S + SKEW_S) * unit, "timestamp_in_future"),
+        (ts < (arrival_s - MAX_AGE_S) * unit, "timestamp_too_far_in_past"),
+        (ts > (arrival_s + SKEW_S) * unit, "timestamp_in_future"),
         *rest,
     ]
     expr = pl.when(rules[0][0]).then(pl.lit(rules[0][1]))
@@ -228,6 +228,21 @@ def test_demo_set_covers_every_case_the_demo_shows() -> None:
         first = read_back(demo[original].data, "csv").select(DEDUP_KEYS[layout])
         again = read_back(demo[resent].data, resent.split(".", 1)[1]).select(DEDUP_KEYS[layout])
         assert again.height > 0 and again.join(first.unique(), on=DEDUP_KEYS[layout]).height == again.height
+
+
+def test_demo_files_are_the_same_bytes_all_day_and_valid_for_an_upload_at_any_time_of_it() -> None:
+    """A second `usage-pipeline demo` the same day uploads the same versions (ETags), so ingests nothing."""
+    first, last = datetime(2026, 11, 5, tzinfo=UTC), datetime(2026, 11, 5, 23, 59, 59, tzinfo=UTC)
+    assert demo_files(first) == demo_files(ARRIVAL) == demo_files(last)
+    assert demo_files(last + timedelta(seconds=1)) != demo_files(last)
+    demo = demo_set(ARRIVAL)
+    for upload in (first, last + timedelta(seconds=1)):  # S3 LastModified: any time that day
+        for key, d in demo.items():
+            if key.startswith("edge-cases/"):
+                continue
+            frame = read_back(d.data, key.rsplit("/", 1)[-1].split(".", 1)[1])
+            codes = spec_error_codes(frame, key.split("/", 1)[0], int(upload.timestamp()))
+            assert dict(codes.drop_nulls().value_counts().iter_rows()) == dict(d.errors), (key, upload)
 
 
 def test_demo_set_has_each_broken_and_empty_file() -> None:

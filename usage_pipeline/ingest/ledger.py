@@ -73,8 +73,8 @@ def start_attempts(
     if asked.is_empty():
         return
     with registered(conn, "asked", asked), transaction(conn):
-        next_attempts = conn.execute(
-            sql.NEXT_ATTEMPTS, {"now": naive_utc(now), "run_id": run_id}
+        next_attempts = conn.sql(
+            sql.NEXT_ATTEMPTS, params={"now": naive_utc(now), "run_id": run_id}
         ).to_arrow_table()
         conn.execute(sql.DELETE_ATTEMPTS_OF_ASKED)
         with registered(conn, "next_attempts", next_attempts):
