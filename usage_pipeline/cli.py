@@ -63,7 +63,15 @@ def ingest() -> None:
         )
     for run_id in result.failed_runs:
         click.echo(f"run {run_id} failed; its files stay pending and are requested again", err=True)
-    if not result.outcomes and not result.failed_runs and not result.waiting:
+    if result.deferred:
+        why = (
+            "the DuckDB store is busy (another writer or an open session)" if result.store_busy else "backoff"
+        )
+        click.echo(
+            f"{result.deferred} more file version(s) wait for a retry ({why}); see `usage-pipeline files`",
+            err=True,
+        )
+    if not result.outcomes and not result.failed_runs and not result.waiting and not result.deferred:
         click.echo(
             f"nothing new under s3://{settings.bucket}/{settings.prefix} ({result.keys_listed} keys listed)"
         )

@@ -15,12 +15,12 @@ from usage_pipeline.ingest.discovery import ListingCursor
 from usage_pipeline.ingest.ledger import attempts_of, failed_files, ledgered, waiting_files
 from usage_pipeline.ingest.model import STATUS_FAILED, FileVersion
 from usage_pipeline.ingest.pending import PendingVersion, pending_versions
+from usage_pipeline.ingest.s3 import s3_client
 from usage_pipeline.ingest.sensors import SENSOR_NAME, evaluate_sensor
 from usage_pipeline.ingest.store import FileOutcome
-from usage_pipeline.local_s3 import s3_client
 from usage_pipeline.resources import process_tags
 from usage_pipeline.settings import Settings
-from usage_pipeline.storage.connection import connect, read_only
+from usage_pipeline.storage.connection import DuckDBBusyError, connect, read_only
 
 CLI_CURSOR_KEY = "usage_pipeline/cli_sensor_cursor"
 LAUNCHED_BY_TAG = "usage_pipeline/launched_by"
@@ -49,12 +49,20 @@ class IngestResult:
     run_ids: list[str] = field(default_factory=list)
     failed_runs: list[str] = field(default_factory=list)
     keys_listed: int = 0
+    # Versions still without a ledger row that this evaluation did not request (backoff, busy store).
+    deferred: int = 0
+    store_busy: bool = False
 
     @property
     def exit_code(self) -> int:
         """SPEC 9: 0 when every processed file ended well (or nothing was new), 1 when any failed or is
         still waiting for a retry."""
-        if self.failed_runs or self.waiting or any(o.status == STATUS_FAILED for o in self.outcomes):
+        if (
+            self.failed_runs
+            or self.waiting
+            or (self.store_busy and self.deferred)
+            or any(o.status == STATUS_FAILED for o in self.outcomes)
+        ):
             return EXIT_FAILED
         return EXIT_OK
 
@@ -91,11 +99,18 @@ def _collect(
     """What the ledger says of this evaluation's runs, and which requested versions still wait."""
     if not requested:
         return
-    with connect(settings.duckdb_path, settings.duckdb_lock_timeout.total_seconds()) as conn:
-        rows = conn.execute(sql.OUTCOMES_OF_RUNS, {"runs": run_ids}).fetchall()
-        result.outcomes = [FileOutcome(*row) for row in rows]
-        done = ledgered(conn, requested)
-        attempts = attempts_of(conn, requested)
+    # After a failed run the store may be what failed: look, but do not wait for it all over again.
+    wait = settings.duckdb_lock_timeout.total_seconds()
+    try:
+        with connect(settings.duckdb_path, min(wait, 5.0) if result.failed_runs else wait) as conn:
+            rows = conn.execute(sql.OUTCOMES_OF_RUNS, {"runs": run_ids}).fetchall()
+            result.outcomes = [FileOutcome(*row) for row in rows]
+            done = ledgered(conn, requested)
+            attempts = attempts_of(conn, requested)
+    except DuckDBBusyError as exc:
+        result.store_busy = True
+        result.waiting = [Waiting(f.key, 0, str(exc)) for f in requested]
+        return
     for file in requested:
         if (file.key, file.etag) in done:
             continue
@@ -132,15 +147,23 @@ def run_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, settings: Set
         job = defs.resolve_job_def(INGEST_JOB_NAME)
         stored = instance.run_storage.get_cursor_values({CLI_CURSOR_KEY})
         outcome = evaluate_sensor(
-            instance, s3_client(settings.s3_endpoint_url), settings, stored.get(CLI_CURSOR_KEY)
+            instance,
+            s3_client(settings.s3_endpoint_url, settings.s3_max_attempts),
+            settings,
+            stored.get(CLI_CURSOR_KEY),
         )
         result.keys_listed = outcome.keys_listed
+        result.store_busy = not outcome.ledger_read
         instance.run_storage.set_cursor_values({CLI_CURSOR_KEY: outcome.cursor.to_json()})
         requested: list[FileVersion] = []
         for request in outcome.run_requests:
             requested += _files_of(request)
             _execute(instance, job, request, result)
         _collect(settings, result.run_ids, requested, result)
+        asked = {(f.key, f.etag) for f in requested}
+        result.deferred = sum(
+            (p.file.key, p.file.etag) not in asked for p in pending_versions(outcome.cursor).values()
+        )
         return result
     finally:
         lock.release()

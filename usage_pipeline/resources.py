@@ -73,3 +73,18 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def get(self) -> Settings:
         return Settings(**{name: getattr(self, name) for name in type(self).model_fields})
+
+
+@contextmanager
+def infrastructure_failures(settings: Settings) -> Iterator[None]:
+    """A step that fails because a service is down or misconfigured fails with one line that names the
+    service and what to check (first in the run's log), not with a stack of driver frames."""
+    from usage_pipeline.errors import describe_infrastructure_error
+
+    try:
+        yield
+    except Exception as exc:
+        line = describe_infrastructure_error(exc, settings)
+        if line is None:
+            raise
+        raise dg.Failure(description=line) from exc

@@ -9,7 +9,7 @@ from usage_pipeline.billing.checks import invoice_totals_result, lines_without_e
 from usage_pipeline.billing.close import close_billing
 from usage_pipeline.billing.partitions import close_partitions
 from usage_pipeline.catalog.assets import load_catalog_or_fail
-from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+from usage_pipeline.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
 from usage_pipeline.ui import md_text
 
 _DEPS = [
@@ -59,7 +59,7 @@ def billing(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: Pi
     close_date = date.fromisoformat(context.partition_key)
     catalog = load_catalog_or_fail(settings)
     started = time.perf_counter()
-    with duckdb.get_connection() as conn:
+    with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
         result = close_billing(conn, catalog, close_date, now=datetime.now(UTC))
         checks = [invoice_totals_result(conn, close_date), lines_without_events_result(conn, close_date)]
     metadata: dict[str, dg.RawMetadataValue] = {

@@ -4,7 +4,7 @@ import dagster as dg
 
 from usage_pipeline.catalog.model import Catalog, CatalogError, load_catalog
 from usage_pipeline.catalog.publish import CATALOG_COLUMNS, publish_catalog
-from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+from usage_pipeline.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
 
 CATALOG_KEYS: tuple[dg.AssetKey, ...] = tuple(dg.AssetKey(name) for name in CATALOG_COLUMNS)
 
@@ -41,7 +41,7 @@ def catalog(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: Pi
     """
     loaded = load_catalog_or_fail(settings)
     path = settings.get().catalog_path
-    with duckdb.get_connection() as conn:
+    with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
         counts = publish_catalog(conn, loaded)
     context.log.info(f"published catalog {path}: {counts}")
     for key in CATALOG_KEYS:

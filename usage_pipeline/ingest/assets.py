@@ -6,12 +6,13 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from usage_pipeline.errors import describe_infrastructure_error
 from usage_pipeline.ingest import quality
 from usage_pipeline.ingest.model import STATUS_FAILED, FileVersion, ValidationLimits
-from usage_pipeline.ingest.runner import IngestReport, Unavailable, ingest_files
+from usage_pipeline.ingest.runner import IngestReport, Unavailable, describe_briefly, ingest_files
 from usage_pipeline.ingest.s3 import read_version
 from usage_pipeline.ingest.store import naive_utc
-from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+from usage_pipeline.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
 from usage_pipeline.ui import check_result, md_table
 
 INGEST_GROUP = "ingest"
@@ -138,7 +139,7 @@ def ingest_usage_files(
             + (f" reason={outcome.failed_reason} ({outcome.failed_detail})" if outcome.failed_reason else "")
         )
 
-    with duckdb.get_connection() as conn:
+    with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
         report = ingest_files(
             files,
             fetch=lambda f: read_version(client, cfg.bucket, f),
@@ -149,6 +150,7 @@ def ingest_usage_files(
             stripe_dedup_window=cfg.stripe_dedup_window,
             on_file=log,
             on_unavailable=log_unavailable,
+            describe=lambda exc: describe_infrastructure_error(exc, cfg) or describe_briefly(exc),
         )
         findings = {
             ("ingested_files", "no_failed_files", dg.AssetCheckSeverity.ERROR): quality.failed_files(

@@ -9,7 +9,7 @@ from usage_pipeline.billing.checks import usage_exceptions_result
 from usage_pipeline.billing.partitions import close_partitions
 from usage_pipeline.catalog.assets import CATALOG_KEYS, load_catalog_or_fail
 from usage_pipeline.metering.meter import close_metering
-from usage_pipeline.resources import PipelineSettings, UsageDuckDB
+from usage_pipeline.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
 from usage_pipeline.ui import md_text
 
 USAGE_EVENTS = dg.AssetKey("usage_events")
@@ -50,7 +50,7 @@ def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: P
     close_date = date.fromisoformat(context.partition_key)
     catalog = load_catalog_or_fail(settings)
     started = time.perf_counter()
-    with duckdb.get_connection() as conn:
+    with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
         result = close_metering(conn, catalog, close_date, now=datetime.now(UTC), run_id=context.run.run_id)
         check = usage_exceptions_result(conn, close_date)
     seconds = round(time.perf_counter() - started, 3)
