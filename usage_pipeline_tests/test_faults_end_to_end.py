@@ -117,6 +117,9 @@ def test_an_analyst_holding_the_store_delays_files_but_never_loses_them(instance
     message = records[0].event_log_entry.dagster_event.step_failure_data.error.message
     assert message.startswith("dagster._core.definitions.events.Failure: DuckDB: the file"), message
     assert "USAGE_DUCKDB_LOCK_TIMEOUT" in message
+    # While it waited, the step said so, on what.
+    said = [e.user_message for e in instance.all_logs(failure)]
+    assert any(m.startswith("waiting for the DuckDB file") and "locked" in m for m in said), said
 
     time.sleep(0.01)
     done = run_ingest(instance, defs, settings)
