@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import AliasChoices, Field, TypeAdapter, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 BUNDLED_CATALOG = Path(__file__).parent / "catalog" / "example.yaml"
 
@@ -30,14 +32,21 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     return _DURATION.validate_python(text)
 
 
-class Settings(BaseModel):
-    """Every knob of the pipeline, with the SPEC's defaults (SPEC section 8)."""
+class Settings(BaseSettings):
+    """Every knob of the pipeline, with the SPEC's defaults (SPEC section 8).
 
-    model_config = ConfigDict(frozen=True)
+    Each field is read from `USAGE_<FIELD>` (the S3 endpoint from `AWS_ENDPOINT_URL_S3`) by
+    `load_settings()`; constructed in code, a Settings holds what it is given and the defaults, nothing
+    from the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="USAGE_", frozen=True, populate_by_name=True, extra="ignore")
 
     bucket: str = "usage-events"
     prefix: str = "incoming/"
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("s3_endpoint_url", "AWS_ENDPOINT_URL_S3")
+    )
     duckdb_path: str = "data/usage.duckdb"
     catalog_path: str = str(BUNDLED_CATALOG)
     max_file_bytes: int = Field(default=1 << 30, gt=0)
@@ -77,45 +86,56 @@ class Settings(BaseModel):
     def _duration(cls, value: object) -> timedelta:
         return parse_duration(value)  # type: ignore[arg-type]
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the environment is read by load_settings() only
 
-# environment variable -> Settings field
-ENV_VARS: dict[str, str] = {
-    "USAGE_BUCKET": "bucket",
-    "USAGE_PREFIX": "prefix",
-    "AWS_ENDPOINT_URL_S3": "s3_endpoint_url",
-    "USAGE_DUCKDB_PATH": "duckdb_path",
-    "USAGE_CATALOG_PATH": "catalog_path",
-    "USAGE_MAX_FILE_BYTES": "max_file_bytes",
-    "USAGE_MAX_EVENT_AGE": "max_event_age",
-    "USAGE_MAX_FUTURE_SKEW": "max_future_skew",
-    "USAGE_CLOSE_GRACE": "close_grace",
-    "USAGE_RUN_MAX_FILES": "run_max_files",
-    "USAGE_RUN_MAX_BYTES": "run_max_bytes",
-    "USAGE_TICK_MAX_RUNS": "tick_max_runs",
-    "USAGE_TICK_LIST_SECONDS": "tick_list_seconds",
-    "USAGE_LISTING_OVERLAP": "listing_overlap",
-    "USAGE_DUCKDB_LOCK_TIMEOUT": "duckdb_lock_timeout",
-    "USAGE_STRIPE_DEDUP_WINDOW": "stripe_dedup_window",
-    "USAGE_RETRY_BACKOFF": "retry_backoff",
-    "USAGE_RETRY_BACKOFF_MAX": "retry_backoff_max",
-    "USAGE_S3_MAX_ATTEMPTS": "s3_max_attempts",
-}
+
+class _Environment(EnvSettingsSource):
+    """The variables of a given mapping (os.environ by default); blank values count as unset."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = {k: v for k, v in environ.items() if v.strip()}
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, True, self.env_parse_none_str)
+
+
+def env_var(field: str) -> str:
+    """The environment variable a Settings field is read from."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[-1])
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings from the environment; unset or empty variables take the defaults."""
+    """Read the settings from the environment; unset or blank variables take the defaults."""
     env = os.environ if environ is None else environ
-    values = {field: env[var] for var, field in ENV_VARS.items() if env.get(var, "").strip() != ""}
+
+    class _FromEnvironment(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # type: ignore[override]
+            return (init_settings, _Environment(settings_cls, env))
+
     try:
-        return Settings(**values)
-    except (ValidationError, ValueError) as exc:
-        field_to_var = {field: var for var, field in ENV_VARS.items()}
-        if isinstance(exc, ValidationError):
-            problems = "; ".join(
-                f"{field_to_var.get(str(err['loc'][0]), err['loc'][0])}={values.get(str(err['loc'][0]))!r}: "
-                f"{err['msg']}"
-                for err in exc.errors()
-            )
-        else:
-            problems = str(exc)
+        loaded = _FromEnvironment()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{env_var(str(err['loc'][0])) if str(err['loc'][0]) in Settings.model_fields else err['loc'][0]}"
+            f"={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
         raise ConfigError(f"invalid configuration: {problems}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+    return Settings(**loaded.model_dump())

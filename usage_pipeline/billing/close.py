@@ -13,8 +13,10 @@ import pyarrow as pa
 from usage_pipeline.billing import sql
 from usage_pipeline.billing.pricing import rate
 from usage_pipeline.catalog.model import Catalog
-from usage_pipeline.catalog.publish import QUANTITY_TYPE, catalog_relations, naive_utc, registered
+from usage_pipeline.catalog.publish import catalog_relations
 from usage_pipeline.metering.meter import MeteringResult, close_metering
+from usage_pipeline.storage.connection import registered, transaction
+from usage_pipeline.storage.values import QUANTITY_TYPE, naive_utc
 
 AMOUNT_TYPE = pa.decimal128(38, 4)
 
@@ -94,22 +96,17 @@ def close_billing(
     """Rate the stored closed periods and meter usage of `close_date` into invoice_line_items and
     pending_invoices, replacing the date's previous rows in one transaction."""
     now = now or datetime.now(UTC)
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(sql.CREATE_STORED_PERIODS, {"close_date": close_date})
         conn.execute(sql.CREATE_STORED_USAGE, {"close_date": close_date})
         rate_periods(conn, catalog, "rt_stored_periods", "rt_stored_usage")
         write_billing(conn, close_date, now)
-        (periods,) = conn.execute("SELECT count(*) FROM rt_stored_periods").fetchall()[0]
+        (periods,) = conn.execute(sql.STORED_PERIOD_COUNT).fetchall()[0]
         totals = tuple(
             CurrencyTotal(currency, total, int(invoices), int(lines))
             for currency, total, invoices, lines in conn.execute(sql.TOTALS_BY_CURRENCY).fetchall()
         )
         drop_workspace(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return BillingResult(
         close_date=close_date,
         periods=int(periods),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from usage_pipeline.catalog.model import Subscription
+from usage_pipeline.storage.values import to_utc
 
 _DAY = timedelta(days=1)
 _FIXED_STEP = {"day": _DAY, "week": timedelta(weeks=1)}
@@ -18,12 +19,6 @@ class Period:
 
     start: datetime
     end: datetime
-
-
-def _utc(ts: datetime) -> datetime:
-    if ts.tzinfo is None:
-        return ts.replace(tzinfo=UTC)
-    return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
 
 
 # The grid: boundary n is the anchor moved by n * billing_period units (n may be negative). Each boundary
@@ -76,7 +71,7 @@ def _period_at_index(sub: Subscription, n: int) -> Period:
 
 def period_containing(sub: Subscription, ts: datetime) -> Period | None:
     """The period holding instant `ts` (start inclusive, end exclusive); None when not active at `ts`."""
-    ts = _utc(ts)
+    ts = to_utc(ts)
     if not _is_active(sub, ts):
         return None
     return _period_at_index(sub, _index(sub, ts))
@@ -119,8 +114,8 @@ def period_ending_on(sub: Subscription, day: date) -> Period | None:
 
 def periods_between(sub: Subscription, start: datetime, end: datetime) -> list[Period]:
     """The subscription's periods overlapping [start, end), in order."""
-    lo = max(_utc(start), sub.started_at)
-    hi = _utc(end)
+    lo = max(to_utc(start), sub.started_at)
+    hi = to_utc(end)
     if sub.cancelled_at is not None:
         hi = min(hi, sub.cancelled_at)
     if lo >= hi:

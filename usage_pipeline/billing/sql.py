@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from usage_pipeline.metering.sql import COUNTED
+
 # The stored closed periods and metered usage of one close date: the input of rating.
 CREATE_STORED_PERIODS = """
     CREATE OR REPLACE TEMP TABLE rt_stored_periods AS
     SELECT subscription_id, customer_id, period_start, period_end
     FROM closed_periods WHERE close_date = $close_date
 """
+STORED_PERIOD_COUNT = "SELECT count(*) FROM rt_stored_periods"
 CREATE_STORED_USAGE = """
     CREATE OR REPLACE TEMP TABLE rt_stored_usage AS
     SELECT subscription_id, meter_id, period_start, period_end, quantity, event_count
@@ -132,4 +135,58 @@ EXCEPTION_SAMPLES = """
     FROM usage_exceptions WHERE close_date = $close_date
     QUALIFY row_number() OVER (PARTITION BY code ORDER BY source_file, source_row, meter_id) <= $per_code
     ORDER BY code, source_file, source_row
+"""
+
+# --- late usage ------------------------------------------------------------------------------
+
+# Close dates that may hold late events: some event in the date's window was ingested after the close.
+LATE_CANDIDATE_DATES = """
+    WITH closes AS (
+        SELECT close_date, min(period_start) AS lo, max(period_end) AS hi, min(closed_at) AS closed_at
+        FROM closed_periods GROUP BY close_date)
+    SELECT DISTINCT c.close_date
+    FROM closes AS c
+    JOIN usage_events AS e ON e.ts >= c.lo AND e.ts < c.hi AND e.ingested_at > c.closed_at
+    ORDER BY c.close_date
+"""
+
+# The date's closed periods that a late event can land in: a late Chargebee event names its subscription, a
+# late Stripe event can route to any subscription of its customer. Only these are re-metered and re-rated
+# (routing still sees the whole catalog), so a late file costs the check its customers, not the whole date.
+LATE_STORED_PERIODS = """
+    CREATE OR REPLACE TEMP TABLE late_periods AS
+    WITH closed AS (
+        SELECT * FROM closed_periods WHERE close_date = $close_date),
+    bounds AS (
+        SELECT min(period_start) AS lo, max(period_end) AS hi, min(closed_at) AS closed_at FROM closed),
+    late_owners AS (
+        SELECT DISTINCT e.layout,
+               CASE e.layout WHEN 'stripe' THEN e.customer_id ELSE e.subscription_id END AS owner
+        FROM usage_events AS e, bounds AS w
+        WHERE e.ts >= w.lo AND e.ts < w.hi AND e.ingested_at > w.closed_at)
+    SELECT p.subscription_id, p.customer_id, p.period_start, p.period_end, p.closed_at
+    FROM closed AS p
+    WHERE p.customer_id IN (SELECT owner FROM late_owners WHERE layout = 'stripe')
+       OR p.subscription_id IN (SELECT owner FROM late_owners WHERE layout = 'chargebee')
+"""
+
+# Per closed period: the counted events ingested after the period was closed, and the invoice total
+# re-rated with them next to the stored one (0 when the close produced no invoice).
+LATE_PERIODS = f"""
+    WITH late AS (
+        SELECT p.subscription_id, p.period_end, count(DISTINCT m.erow) AS late_events
+        FROM (SELECT erow, period_no, ingested_at FROM mt_matches WHERE {COUNTED}) AS m
+        JOIN mt_periods AS mp ON mp.period_no = m.period_no
+        JOIN late_periods AS p ON p.subscription_id = mp.subscription_id AND p.period_end = mp.period_end
+        WHERE m.ingested_at > p.closed_at
+        GROUP BY ALL)
+    SELECT p.subscription_id, p.customer_id, p.period_start, p.period_end, l.late_events,
+           coalesce(r.currency, i.currency) AS currency,
+           coalesce(i.total, 0) AS invoiced_total, coalesce(r.total, 0) AS rerated_total
+    FROM late AS l
+    JOIN late_periods AS p ON p.subscription_id = l.subscription_id AND p.period_end = l.period_end
+    LEFT JOIN rt_invoices AS r ON r.subscription_id = l.subscription_id AND r.period_end = l.period_end
+    LEFT JOIN pending_invoices AS i
+      ON i.close_date = $close_date AND i.subscription_id = l.subscription_id AND i.period_end = l.period_end
+    ORDER BY p.subscription_id, p.period_end
 """

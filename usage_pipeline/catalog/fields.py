@@ -11,6 +11,8 @@ from typing import Annotated
 from babel.numbers import is_currency
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
+from usage_pipeline.storage.values import to_utc
+
 MAX_DECIMAL_PLACES = 12
 
 
@@ -47,13 +49,6 @@ def datetime_input(value: object) -> object:
     if isinstance(value, date) and not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     return value
-
-
-def to_utc(value: datetime) -> datetime:
-    # Naive input is taken as UTC; other offsets are converted so that every comparison is in UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def currency_code(value: object) -> str:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 import duckdb
 import pyarrow as pa
 
 from usage_pipeline.catalog.model import Catalog, Price
-
-QUANTITY_TYPE = pa.decimal128(38, 12)
-TIMESTAMP_TYPE = pa.timestamp("us")
+from usage_pipeline.storage.connection import registered, transaction
+from usage_pipeline.storage.values import QUANTITY_TYPE, TIMESTAMP_TYPE
 
 # table -> its columns, in the order of storage.schema (the names are the contract).
 CATALOG_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -42,11 +39,6 @@ CATALOG_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "subscription_prices": ("subscription_id", "price_id"),
 }
-
-
-def naive_utc(value: datetime | None) -> datetime | None:
-    """DuckDB TIMESTAMP columns hold naive UTC."""
-    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _timestamps(values: list[datetime | None]) -> pa.Array:
@@ -141,31 +133,13 @@ def _build_tables(catalog: Catalog) -> dict[str, pa.Table]:
     }
 
 
-@contextmanager
-def registered(conn: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> Iterator[None]:
-    """Expose Arrow tables to SQL under the given names for the duration of the block."""
-    for name, table in tables.items():
-        conn.register(name, table)
-    try:
-        yield
-    finally:
-        for name in tables:
-            conn.unregister(name)
-
-
 def publish_catalog(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> dict[str, int]:
     """Replace the four catalog tables with `catalog` in one transaction; returns rows per table."""
     tables = catalog_tables(catalog)
     staged = {f"staged_{name}": table for name, table in tables.items()}
-    with registered(conn, staged):
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            for name in tables:
-                columns = ", ".join(CATALOG_COLUMNS[name])
-                conn.execute(f"DELETE FROM {name}")
-                conn.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM staged_{name}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    with registered(conn, staged), transaction(conn):
+        for name in tables:
+            columns = ", ".join(CATALOG_COLUMNS[name])
+            conn.execute(f"DELETE FROM {name}")
+            conn.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM staged_{name}")
     return {name: table.num_rows for name, table in tables.items()}

@@ -11,8 +11,8 @@ import polars as pl
 
 from usage_pipeline.ingest import sql
 from usage_pipeline.ingest.model import FileVersion
-from usage_pipeline.ingest.store import naive_utc
 from usage_pipeline.storage.connection import has_table, registered, transaction
+from usage_pipeline.storage.values import naive_utc
 
 Version = tuple[str, str]  # (file_key, etag)
 
@@ -50,7 +50,7 @@ def ledgered(conn: duckdb.DuckDBPyConnection, files: Iterable[FileVersion]) -> s
     asked = _asked(files)
     if asked.is_empty() or not has_table(conn, "ingested_files"):
         return set()
-    with registered(conn, "asked", asked):
+    with registered(conn, {"asked": asked}):
         return {(key, etag) for key, etag in conn.execute(sql.LEDGERED_VERSIONS).fetchall()}
 
 
@@ -60,7 +60,7 @@ def attempts_of(
     asked = _asked(files)
     if asked.is_empty() or not has_table(conn, "file_attempts"):
         return {}
-    with registered(conn, "asked", asked):
+    with registered(conn, {"asked": asked}):
         rows = conn.execute(sql.ATTEMPTS_OF).fetchall()
     return {(key, etag): AttemptRecord(*rest) for key, etag, *rest in rows}
 
@@ -72,12 +72,12 @@ def start_attempts(
     asked = _asked(files)
     if asked.is_empty():
         return
-    with registered(conn, "asked", asked), transaction(conn):
+    with registered(conn, {"asked": asked}), transaction(conn):
         next_attempts = conn.sql(
             sql.NEXT_ATTEMPTS, params={"now": naive_utc(now), "run_id": run_id}
         ).to_arrow_table()
         conn.execute(sql.DELETE_ATTEMPTS_OF_ASKED)
-        with registered(conn, "next_attempts", next_attempts):
+        with registered(conn, {"next_attempts": next_attempts}):
             conn.execute(sql.INSERT_ATTEMPTS)
 
 

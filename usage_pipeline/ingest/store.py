@@ -15,7 +15,8 @@ from usage_pipeline.ingest.model import (
     STATUS_WITH_ERRORS,
     ParsedFile,
 )
-from usage_pipeline.storage.connection import transaction
+from usage_pipeline.storage.connection import registered, transaction
+from usage_pipeline.storage.values import naive_utc
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,6 @@ class FileOutcome:
     rows_duplicate: int
     rows_rejected: int
     already_ingested: bool = False  # the ledger had this version: nothing was written this time
-
-
-def naive_utc(value: datetime) -> datetime:
-    """DuckDB TIMESTAMP columns hold naive UTC."""
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _status(parsed: ParsedFile, rows_rejected: int) -> str:
@@ -69,13 +63,10 @@ def _insert_events(
         ts_lo, ts_hi = ts_lo - stripe_dedup_window, ts_hi + stripe_dedup_window  # type: ignore[operator]
     else:
         statement = sql.INSERT_NEW_CHARGEBEE_EVENTS
-    conn.register("batch", events.to_arrow())
-    try:
+    with registered(conn, {"batch": events.to_arrow()}):
         inserted = conn.execute(
             statement, {"ts_lo": ts_lo, "ts_hi": ts_hi, "ingested_at": ingested_at}
         ).fetchall()
-    finally:
-        conn.unregister("batch")
     return int(inserted[0][0]) if inserted else 0
 
 
@@ -108,11 +99,8 @@ def write_file_version(
         accepted = _insert_events(conn, parsed, ingested_at, stripe_dedup_window)
         rows_rejected = parsed.rejects.height
         if rows_rejected:
-            conn.register("rejects", parsed.rejects.to_arrow())
-            try:
+            with registered(conn, {"rejects": parsed.rejects.to_arrow()}):
                 conn.execute(sql.INSERT_REJECTS, {"ingested_at": ingested_at}).fetchall()
-            finally:
-                conn.unregister("rejects")
         rows_duplicate = parsed.rows_duplicate_in_file + (parsed.events.height - accepted)
         outcome = FileOutcome(
             key=file.key,

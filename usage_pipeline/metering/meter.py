@@ -14,8 +14,10 @@ import pyarrow as pa
 
 from usage_pipeline.billing.periods import periods_ending_on
 from usage_pipeline.catalog.model import Catalog, Meter
-from usage_pipeline.catalog.publish import TIMESTAMP_TYPE, catalog_relations, naive_utc, registered
+from usage_pipeline.catalog.publish import catalog_relations
 from usage_pipeline.metering import sql
+from usage_pipeline.storage.connection import registered, transaction
+from usage_pipeline.storage.values import TIMESTAMP_TYPE, naive_utc
 
 
 class ClosingPeriod(NamedTuple):
@@ -221,18 +223,13 @@ def close_metering(
     the date's previous rows in one transaction (re-running is safe)."""
     now = now or datetime.now(UTC)
     plan = plan_close(catalog, close_date, now)
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         with registered(conn, {"mt_plan": periods_table(plan.periods)}):
             window = compute_metering(conn, catalog, "mt_plan")
         write_metering(conn, close_date, now, run_id)
         exceptions = dict(conn.execute(sql.EXCEPTION_COUNTS).fetchall())
         usage_rows, events = conn.execute(sql.USAGE_TOTALS).fetchall()[0]
         drop_workspace(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return MeteringResult(
         close_date=close_date,
         periods_closed=len(plan.periods),

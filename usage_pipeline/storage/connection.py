@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -130,10 +130,22 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
 
 
 @contextmanager
-def registered(conn: duckdb.DuckDBPyConnection, name: str, relation: object) -> Iterator[None]:
-    """`relation` (an Arrow table or polars frame) visible to SQL as `name` for the block."""
-    conn.register(name, relation)
+def scratch(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A transaction that is always rolled back: a throw-away workspace of TEMP tables."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    finally:
+        conn.execute("ROLLBACK")
+
+
+@contextmanager
+def registered(conn: duckdb.DuckDBPyConnection, relations: Mapping[str, object]) -> Iterator[None]:
+    """Each relation (an Arrow table or polars frame) visible to SQL under its name for the block."""
+    for name, relation in relations.items():
+        conn.register(name, relation)
     try:
         yield
     finally:
-        conn.unregister(name)
+        for name in relations:
+            conn.unregister(name)
