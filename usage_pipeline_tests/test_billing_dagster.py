@@ -151,7 +151,8 @@ def test_late_usage_check_reports_money_at_stake(tmp_path: Path, instance: dg.Da
     assert not evaluation.passed
     assert evaluation.metadata["late_events"].value == 1
     assert evaluation.metadata["at_stake:USD"].value == "0.50"  # in the currency's minor unit
-    assert "sub_s" in evaluation.metadata["late_periods"].value
+    late_periods = evaluation.metadata["late_periods"]
+    assert [record.data["subscription"] for record in late_periods.records] == ["sub_s"]
 
 
 @pytest.mark.parametrize(

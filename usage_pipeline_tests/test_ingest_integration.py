@@ -124,8 +124,10 @@ def test_sensor_to_tables_with_every_kind_of_file(instance, settings, s3, bucket
     assert checks["no_rejected_rows"].severity == dg.AssetCheckSeverity.WARN
     assert checks["row_counts_balance"].passed is True
     assert checks["dedup_keys_unique"].passed is True
-    failed_table = checks["no_failed_files"].metadata["failed files"].value
-    assert "incoming/corrupt.csv.gz" in failed_table and "unsupported_file" in failed_table
+    failed_table = checks["no_failed_files"].metadata["failed files"]
+    reasons = {record.data["file"]: record.data["reason"] for record in failed_table.records}
+    assert reasons["incoming/corrupt.csv.gz"] == "unreadable_file"
+    assert reasons["incoming/notes.txt"] == "unsupported_file"
 
     # A second evaluation with the new cursor requests nothing: nothing is ingested twice.
     _, runs2 = evaluate_and_run(instance, settings, cursor=result.cursor)

@@ -9,8 +9,8 @@ from usage_pipeline.billing.checks import invoice_totals_result, lines_without_e
 from usage_pipeline.billing.close import close_billing
 from usage_pipeline.billing.partitions import close_partitions
 from usage_pipeline.catalog.assets import load_catalog_or_fail
+from usage_pipeline.metadata import check_spec, row_counts, table_asset_spec, table_entries
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
-from usage_pipeline.ui import md_text
 
 _DEPS = [
     dg.AssetKey("meter_usage"),
@@ -23,30 +23,32 @@ _DEPS = [
 @dg.multi_asset(
     name="billing",
     specs=[
-        dg.AssetSpec(
+        table_asset_spec(
             "invoice_line_items",
             deps=_DEPS,
-            group_name="billing",
+            domain="billing",
             kinds={"duckdb"},
             description="Priced lines of the periods closed on the date (status pending).",
         ),
-        dg.AssetSpec(
+        table_asset_spec(
             "pending_invoices",
             deps=_DEPS,
-            group_name="billing",
+            domain="billing",
             kinds={"duckdb"},
             description="One invoice per (subscription, period) with at least one line; deterministic ids.",
         ),
     ],
     check_specs=[
-        dg.AssetCheckSpec(
+        check_spec(
             "invoice_totals_match_lines",
             asset="pending_invoices",
+            domain="billing",
             description="Every invoice total equals the sum of its (rounded) line amounts.",
         ),
-        dg.AssetCheckSpec(
+        check_spec(
             "no_line_without_events",
             asset="invoice_line_items",
+            domain="billing",
             description="No line for a metered price without events in the period (Chargebee rule).",
         ),
     ],
@@ -62,6 +64,9 @@ def billing(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: Pi
     with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
         result = close_billing(conn, catalog, close_date, now=datetime.now(UTC))
         checks = [invoice_totals_result(conn, close_date), lines_without_events_result(conn, close_date)]
+        counts = {
+            name: row_counts(conn, name, close_date) for name in ("invoice_line_items", "pending_invoices")
+        }
     metadata: dict[str, dg.RawMetadataValue] = {
         "close_date": close_date.isoformat(),
         "periods_closed": result.periods,
@@ -69,13 +74,12 @@ def billing(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: Pi
         "lines": result.lines,
         "seconds": round(time.perf_counter() - started, 3),
         **{f"total:{t.currency}": str(t.total) for t in result.totals},
-        "totals": dg.MetadataValue.md(
-            md_text(
-                ["currency", "total", "invoices", "lines"],
-                [(t.currency, t.total, t.invoices, t.lines) for t in result.totals],
-            )
+        **table_entries(
+            "totals",
+            [(t.currency, t.total, t.invoices, t.lines) for t in result.totals],
+            ["currency", "total", "invoices", "lines"],
         ),
     }
-    yield dg.MaterializeResult(asset_key="invoice_line_items", metadata=metadata)
-    yield dg.MaterializeResult(asset_key="pending_invoices", metadata=metadata)
+    for name, table_counts in counts.items():
+        yield dg.MaterializeResult(asset_key=name, metadata={**metadata, **table_counts})
     yield from checks

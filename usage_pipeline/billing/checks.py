@@ -1,4 +1,4 @@
-"""Asset checks of the billing domain, and the Markdown tables they show in the Dagster UI."""
+"""Asset checks of the billing domain, and the tables they show in the Dagster UI."""
 
 from datetime import date
 
@@ -8,8 +8,8 @@ import duckdb as duckdb_module
 from usage_pipeline.billing import sql
 from usage_pipeline.billing.late import find_late_usage
 from usage_pipeline.catalog.model import CatalogError, load_catalog
+from usage_pipeline.metadata import check_spec_metadata, table_entries
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB
-from usage_pipeline.ui import md_text
 
 SAMPLES_PER_CODE = 5
 
@@ -24,11 +24,13 @@ def usage_exceptions_result(conn: duckdb_module.DuckDBPyConnection, close_date: 
     metadata: dict[str, dg.RawMetadataValue] = {
         "exceptions": total,
         **{f"code:{code}": n for code, n in counts},
-        "counts": dg.MetadataValue.md(md_text(["code", "events"], counts)),
+        **table_entries("counts", counts, ["code", "events"]),
+        **table_entries(
+            "samples",
+            samples,
+            ["code", "event_id", "subscription", "customer", "meter", "file", "row", "detail"],
+        ),
     }
-    if samples:
-        headers = ["code", "event_id", "subscription", "customer", "meter", "file", "row", "detail"]
-        metadata["samples"] = dg.MetadataValue.md(md_text(headers, samples))
     return dg.AssetCheckResult(
         check_name="usage_exceptions_found",
         asset_key="usage_exceptions",
@@ -43,9 +45,10 @@ def _error_check(
     check_name: str, asset: str, counted: str, headers: list[str], rows: list[tuple[object, ...]]
 ) -> dg.AssetCheckResult:
     """An ERROR check that passes when `rows` (the offending ones) is empty, and lists them otherwise."""
-    metadata: dict[str, dg.RawMetadataValue] = {counted: len(rows)}
-    if rows:
-        metadata["offending"] = dg.MetadataValue.md(md_text(headers, rows))
+    metadata: dict[str, dg.RawMetadataValue] = {
+        counted: len(rows),
+        **table_entries("offending", rows, headers),
+    }
     return dg.AssetCheckResult(
         check_name=check_name,
         asset_key=asset,
@@ -81,11 +84,11 @@ def lines_without_events_result(
     asset=dg.AssetKey("usage_events"),
     name="late_usage",
     description=(
-        "Events ingested after their billing period was closed: stored, not on the closed invoice, billed "
-        "when that close date is materialized again. Shows subscriptions, periods, events and the money "
-        "at stake (re-rated total minus the invoiced one)."
+        "No event arrived after its period was closed; late ones are billed only when their close date is "
+        "re-run (WARN: the close dates to re-run, the money at stake)."
     ),
     blocking=False,
+    metadata=check_spec_metadata("billing"),
 )
 def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheckResult:
     # This check runs after every ingest: a broken catalog is reported here, not allowed to fail (and so
@@ -131,9 +134,8 @@ def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheck
         "periods": len(report.periods),
         "close_dates_to_reclose": ", ".join(d.isoformat() for d in report.close_dates) or "none",
         **{f"at_stake:{currency}": str(amount) for currency, amount in report.at_stake_by_currency.items()},
+        **table_entries("late_periods", rows, headers),
     }
-    if rows:
-        metadata["late_periods"] = dg.MetadataValue.md(md_text(headers, rows))
     return dg.AssetCheckResult(
         passed=not rows,
         severity=dg.AssetCheckSeverity.WARN,

@@ -4,6 +4,7 @@ import dagster as dg
 
 from usage_pipeline.catalog.model import Catalog, CatalogError, load_catalog
 from usage_pipeline.catalog.publish import CATALOG_COLUMNS, publish_catalog
+from usage_pipeline.metadata import row_counts, table_asset_spec
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
 
 CATALOG_KEYS: tuple[dg.AssetKey, ...] = tuple(dg.AssetKey(name) for name in CATALOG_COLUMNS)
@@ -28,8 +29,8 @@ def load_catalog_or_fail(settings: PipelineSettings) -> Catalog:
 @dg.multi_asset(
     name="catalog",
     specs=[
-        dg.AssetSpec(key, group_name="catalog", kinds={"duckdb"}, description=_DESCRIPTIONS[key.path[-1]])
-        for key in CATALOG_KEYS
+        table_asset_spec(name, domain="catalog", kinds={"duckdb"}, description=description)
+        for name, description in _DESCRIPTIONS.items()
     ],
     pool="duckdb",
 )
@@ -43,8 +44,9 @@ def catalog(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: Pi
     path = settings.get().catalog_path
     with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
         counts = publish_catalog(conn, loaded)
+        tables = {name: row_counts(conn, name) for name in CATALOG_COLUMNS}
     context.log.info(f"published catalog {path}: {counts}")
-    for key in CATALOG_KEYS:
+    for name, table_counts in tables.items():
         yield dg.MaterializeResult(
-            asset_key=key, metadata={"rows": counts[key.path[-1]], "catalog": dg.MetadataValue.path(path)}
+            asset_key=name, metadata={**table_counts, "catalog": dg.MetadataValue.path(path)}
         )

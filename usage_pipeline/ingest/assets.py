@@ -12,53 +12,67 @@ from usage_pipeline.ingest.model import STATUS_FAILED, FileVersion, ValidationLi
 from usage_pipeline.ingest.runner import IngestReport, Unavailable, describe_briefly, ingest_files
 from usage_pipeline.ingest.s3 import read_version
 from usage_pipeline.ingest.store import naive_utc
+from usage_pipeline.metadata import (
+    check_result,
+    check_spec,
+    row_counts,
+    table,
+    table_asset_spec,
+    table_entries,
+)
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
-from usage_pipeline.ui import check_result, md_table
 
 INGEST_GROUP = "ingest"
 
-ingested_files_spec = dg.AssetSpec(
+ingested_files_spec = table_asset_spec(
     "ingested_files",
-    group_name=INGEST_GROUP,
+    domain=INGEST_GROUP,
     kinds={"s3", "duckdb"},
     description="The file ledger: one row per S3 file version with its status, reason and row counts.",
 )
-usage_events_spec = dg.AssetSpec(
+usage_events_spec = table_asset_spec(
     "usage_events",
-    group_name=INGEST_GROUP,
+    domain=INGEST_GROUP,
     kinds={"polars", "duckdb"},
     description="Accepted, deduplicated usage events (both layouts), with the S3 file and row of each.",
 )
-rejected_events_spec = dg.AssetSpec(
+rejected_events_spec = table_asset_spec(
     "rejected_events",
-    group_name=INGEST_GROUP,
+    domain=INGEST_GROUP,
     kinds={"polars", "duckdb"},
     description="Rejected rows with their error code, message and the raw record.",
 )
+INGEST_TABLES = ("ingested_files", "usage_events", "rejected_events")
 
 CHECKS = [
-    dg.AssetCheckSpec(
-        "no_failed_files", asset="ingested_files", description="ERROR when a file of the run failed."
+    check_spec(
+        "no_failed_files",
+        asset="ingested_files",
+        domain=INGEST_GROUP,
+        description="Every file version of the run could be read and loaded (ERROR when one failed).",
     ),
-    dg.AssetCheckSpec(
-        "no_rejected_rows", asset="ingested_files", description="WARN when rows were rejected."
+    check_spec(
+        "no_rejected_rows",
+        asset="ingested_files",
+        domain=INGEST_GROUP,
+        description="No row of the run's files was rejected (WARN, with the codes and sample rows).",
     ),
-    dg.AssetCheckSpec(
+    check_spec(
         "row_counts_balance",
         asset="ingested_files",
+        domain=INGEST_GROUP,
         description="rows_total = accepted + duplicate + rejected, and the stored rows match the ledger.",
     ),
-    dg.AssetCheckSpec(
+    check_spec(
         "no_files_waiting",
         asset="ingested_files",
-        description=(
-            "ERROR while a file version that a run took up is still without a ledger row after an error "
-            "or a retry (it is requested again with backoff until it has one)."
-        ),
+        domain=INGEST_GROUP,
+        description="No file version a run took up is still without a ledger row after an error or a retry.",
     ),
-    dg.AssetCheckSpec(
+    check_spec(
         "dedup_keys_unique",
         asset="usage_events",
+        domain=INGEST_GROUP,
         description="No dedup key is stored twice in the event-time range the run wrote to.",
     ),
 ]
@@ -105,7 +119,7 @@ def _materialization_metadata(report: IngestReport) -> dict[str, object]:
         "bytes_read": report.bytes_read,
         "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
         "events_per_second": dg.MetadataValue.float(round(report.events_per_second, 1)),
-        "file_versions": md_table([quality.file_row(o) for o in report.outcomes]),
+        **table_entries("file_versions", [quality.file_row(o) for o in report.outcomes]),
     }
 
 
@@ -169,16 +183,19 @@ def ingest_usage_files(
                 conn, since, cfg.stripe_dedup_window
             ),
         }
+        counts = {name: row_counts(conn, name) for name in INGEST_TABLES}
     metadata = _materialization_metadata(report)
-    yield dg.MaterializeResult(asset_key="ingested_files", metadata=metadata)
+    yield dg.MaterializeResult(asset_key="ingested_files", metadata={**metadata, **counts["ingested_files"]})
     yield dg.MaterializeResult(
         asset_key="usage_events",
         metadata={
-            k: metadata[k] for k in ("rows_accepted", "rows_duplicate", "seconds", "events_per_second")
+            **{k: metadata[k] for k in ("rows_accepted", "rows_duplicate", "seconds", "events_per_second")},
+            **counts["usage_events"],
         },
     )
     yield dg.MaterializeResult(
-        asset_key="rejected_events", metadata={"rows_rejected": metadata["rows_rejected"]}
+        asset_key="rejected_events",
+        metadata={"rows_rejected": metadata["rows_rejected"], **counts["rejected_events"]},
     )
     for (asset_key, name, severity), finding in findings.items():
         yield check_result(
@@ -198,7 +215,7 @@ def ingest_usage_files(
                 "and stay pending; the sensor requests them again with backoff"
             ),
             metadata={
-                "unavailable": md_table([{"file": u.file.key, "error": u.error} for u in report.unavailable])
+                "unavailable": table([{"file": u.file.key, "error": u.error} for u in report.unavailable])
             },
         )
 

@@ -8,9 +8,9 @@ import dagster as dg
 from usage_pipeline.billing.checks import usage_exceptions_result
 from usage_pipeline.billing.partitions import close_partitions
 from usage_pipeline.catalog.assets import CATALOG_KEYS, load_catalog_or_fail
+from usage_pipeline.metadata import check_spec, row_counts, table_asset_spec, table_entries
 from usage_pipeline.metering.meter import close_metering
 from usage_pipeline.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
-from usage_pipeline.ui import md_text
 
 USAGE_EVENTS = dg.AssetKey("usage_events")
 METERING_KEYS = (dg.AssetKey("meter_usage"), dg.AssetKey("usage_exceptions"), dg.AssetKey("metered_events"))
@@ -25,20 +25,21 @@ _DESCRIPTIONS = {
 @dg.multi_asset(
     name="metering",
     specs=[
-        dg.AssetSpec(
-            key,
+        table_asset_spec(
+            name,
             deps=[USAGE_EVENTS, *CATALOG_KEYS],
-            group_name="metering",
+            domain="metering",
             kinds={"duckdb"},
-            description=_DESCRIPTIONS[key.path[-1]],
+            description=description,
         )
-        for key in METERING_KEYS
+        for name, description in _DESCRIPTIONS.items()
     ],
     check_specs=[
-        dg.AssetCheckSpec(
+        check_spec(
             "usage_exceptions_found",
             asset="usage_exceptions",
-            description="WARN when events of the close window could not be metered (counts, samples).",
+            domain="metering",
+            description="Every event of the close window could be metered (WARN, with counts and samples).",
         )
     ],
     partitions_def=close_partitions,
@@ -53,6 +54,7 @@ def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: P
     with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
         result = close_metering(conn, catalog, close_date, now=datetime.now(UTC), run_id=context.run.run_id)
         check = usage_exceptions_result(conn, close_date)
+        counts = {name: row_counts(conn, name, close_date) for name in _DESCRIPTIONS}
     seconds = round(time.perf_counter() - started, 3)
     if result.not_over:
         context.log.warning(
@@ -63,24 +65,27 @@ def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: P
         "periods_closed": result.periods_closed,
         "periods_not_over": len(result.not_over),
         "seconds": seconds,
+        **table_entries(
+            "not_over",
+            [(p.subscription_id, p.start, p.end) for p in result.not_over],
+            ["subscription", "period start", "period end"],
+        ),
     }
-    if result.not_over:
-        common["not_over"] = dg.MetadataValue.md(
-            md_text(
-                ["subscription", "period start", "period end"],
-                [(p.subscription_id, p.start, p.end) for p in result.not_over],
-            )
-        )
-    yield dg.MaterializeResult(asset_key="meter_usage", metadata={**common, "usage_rows": result.usage_rows})
+    yield dg.MaterializeResult(
+        asset_key="meter_usage",
+        metadata={**common, "usage_rows": result.usage_rows, **counts["meter_usage"]},
+    )
     yield dg.MaterializeResult(
         asset_key="usage_exceptions",
         metadata={
             **common,
             "exceptions": sum(result.exceptions.values()),
             **{f"code:{code}": n for code, n in result.exceptions.items()},
+            **counts["usage_exceptions"],
         },
     )
     yield dg.MaterializeResult(
-        asset_key="metered_events", metadata={**common, "events_metered": result.events_metered}
+        asset_key="metered_events",
+        metadata={**common, "events_metered": result.events_metered, **counts["metered_events"]},
     )
     yield check

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from datetime import date
+from typing import NamedTuple
+
 import duckdb
 
 # Money and quantities are exact decimals. Amounts are rounded to the currency's minor unit (at most 4
@@ -210,3 +214,42 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(ddl)
     for ddl in VIEWS.values():
         conn.execute(ddl)
+
+
+class ColumnDef(NamedTuple):
+    """One column as the DDL above declares it; the description is its trailing comment."""
+
+    name: str
+    type: str
+    nullable: bool
+    description: str | None
+
+
+_COLUMN = re.compile(r"(?P<name>\w+)\s+(?P<type>.+?)(?P<not_null>\s+NOT NULL)?")
+
+
+def table_columns(table: str) -> list[ColumnDef]:
+    """The columns of one of TABLES, read from its DDL (one column per line, comments continue on the
+    next line), so the UI's column schema never drifts from what the pipeline creates."""
+    columns: list[ColumnDef] = []
+    for line in TABLES[table].strip().splitlines()[1:]:
+        code, _, comment = line.partition("--")
+        code, comment = code.strip().rstrip(",").strip(), comment.strip()
+        if not code and comment and columns:
+            last = columns[-1]
+            columns[-1] = last._replace(description=f"{last.description or ''} {comment}".strip())
+        elif code and code != ")" and (match := _COLUMN.fullmatch(code)):
+            columns.append(
+                ColumnDef(match["name"], match["type"], match["not_null"] is None, comment or None)
+            )
+    return columns
+
+
+def row_count(conn: duckdb.DuckDBPyConnection, table: str, close_date: date | None = None) -> int:
+    """Rows of one of TABLES, or of its close_date partition when one is given."""
+    if table not in TABLES:
+        raise KeyError(f"not a pipeline table: {table}")
+    query = f'SELECT count(*) FROM "{table}"'
+    if close_date is None:
+        return int(conn.execute(query).fetchall()[0][0])
+    return int(conn.execute(query + " WHERE close_date = ?", [close_date]).fetchall()[0][0])
