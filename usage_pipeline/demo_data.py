@@ -106,6 +106,15 @@ def demo_set(arrival: datetime, seed: int = 7) -> dict[str, DemoFile]:
         .select("identifier", "timestamp", "event_name", "payload_value")
     )
     header_only = serialize(frames["stripe/usage-a.csv"].clear(), "stripe", "csv")
+    # A CSV whose last two lines have a field too few and one too many: rejected alone, malformed_record.
+    ragged_rows = generate_usage_frame(
+        layout="stripe", rows=8, seed=seed + 99, key_hint="edge-cases/ragged-lines.csv",
+        features=DEMO_FEATURES, **common, **ids,
+    )  # fmt: skip
+    ragged = (
+        serialize(ragged_rows, "stripe", "csv")
+        + b"ragged_1,1,api_call\nragged_2,1,api_call,cus_daily_001,1,extra,fields\n"
+    )
     failed = STATUS_FAILED
     files.update({
         "edge-cases/corrupt.csv.gz": DemoFile(b"\x1f\x8b\x08\x00" + garbage, failed, REASON_UNREADABLE),
@@ -117,6 +126,9 @@ def demo_set(arrival: datetime, seed: int = 7) -> dict[str, DemoFile]:
         "edge-cases/empty.csv": DemoFile(b"", STATUS_EMPTY),
         "edge-cases/header-only.csv": DemoFile(header_only, STATUS_EMPTY),
         "edge-cases/empty-array.json": DemoFile(b"[]", STATUS_EMPTY),
+        "edge-cases/ragged-lines.csv": DemoFile(
+            ragged, STATUS_WITH_ERRORS, None, 10, 0, {"malformed_record": 2}
+        ),
         "edge-cases/notes.txt": DemoFile(b"usage notes, not a usage file\n", failed, REASON_UNSUPPORTED),
     })  # fmt: skip
     return files

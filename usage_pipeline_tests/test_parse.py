@@ -272,25 +272,119 @@ def test_corrupt_gzip_is_unreadable(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "fmt"),
+    ("data", "fmt", "where"),
     [
-        (b"\xff\xfe\x00garbage\x00\x81,\xc3\x28\n\x9f,\x00\n", "csv"),
-        (b"a,b\n1,2,3,4\n", "csv"),
-        (b"\x00\x01\x02garbage", "json"),
-        (b'{"identifier": "e1", "timestamp": 1}', "json"),
-        (b"5", "json"),
-        (b'"text"', "json"),
-        (b"[1, 2, 3]", "json"),
-        (b'[{"a": 1}, ', "json"),
-        (b"hello world\n", "jsonl"),
-        (b'{"a": 1}\n[1]\n', "jsonl"),
-        (b'{"a": 1}\n{"a": \n', "jsonl"),
+        (b"\xff\xfe\x00garbage\x00\x81,\xc3\x28\n\x9f,\x00\n", "csv", "UTF-16"),
+        (b"\x00\x01\x02garbage", "json", "byte 0"),
+        (b'{"identifier": "e1", "timestamp": 1}', "json", "one JSON object"),
+        (b"5", "json", "byte 0"),
+        (b'"text"', "json", "byte 0"),
+        (b"[1, 2, 3]", "json", "element 1 is a number"),
+        (b'[{"a": 1}, ', "json", "byte 11"),
+        (b'[{"a": 1}] trailing', "json", "byte 11"),
+        (b"hello world\n", "jsonl", "line 1 is not valid JSON"),
+        (b"identifier,timestamp\n\xe9,1\n", "csv", "byte 21 (line 2)"),
     ],
 )
-def test_garbage_is_unreadable(data: bytes, fmt: str) -> None:
+def test_garbage_is_unreadable_and_the_detail_says_where(data: bytes, fmt: str, where: str) -> None:
     reason, detail = failure(parse(data, fmt))
     assert reason == "unreadable_file"
-    assert detail and len(detail) <= 400
+    assert detail and len(detail) <= 400 and where in detail
+
+
+def test_a_file_of_unknown_columns_is_an_unknown_layout_even_with_a_ragged_row() -> None:
+    # Was unreadable as a whole; the ragged row is now a row problem, the columns are the file's.
+    reason, detail = failure(parse(b"a,b\n1,2,3,4\n", "csv"))
+    assert reason == "unknown_layout"
+    assert detail and "(a, b)" in detail
+
+
+@pytest.mark.parametrize(
+    ("bad", "fmt", "message"),
+    [
+        # These used to fail the whole file; now the good records load and the bad one is a row.
+        (
+            "e9,{ts},api_call,cus_1,5,extra,fields",
+            "csv",
+            "the record on line 3 has 7 fields; the header has 5",
+        ),
+        ("e9,{ts},api_call", "csv", "the record on line 3 has 3 fields; the header has 5"),
+        ("[1]", "jsonl", "line 2 is an array, not a JSON object"),
+        ('{{"identifier": "e9", "timestamp": ', "jsonl", "line 2 is not valid JSON"),
+        ("# a comment", "jsonl", "line 2 is not valid JSON: # a comment"),
+    ],
+)
+def test_a_bad_record_is_a_malformed_row_not_a_file_failure(bad: str, fmt: str, message: str) -> None:
+    good = [stripe_record("e1", NOW_S, "cus_1"), stripe_record("e2", NOW_S, "cus_2")]
+    lines = encode(good, fmt).decode().splitlines()
+    at = 2 if fmt == "csv" else 1  # after the first record, so on line 3 of a CSV, line 2 of JSON Lines
+    data = "\n".join([*lines[:at], bad.format(ts=NOW_S), *lines[at:]]).encode() + b"\n"
+    parsed = parse(data, fmt)
+    assert parsed.status == "ok" and parsed.rows_total == 3
+    assert parsed.events["event_id"].to_list() == ["e1", "e2"]
+    reject = parsed.rejects.row(0, named=True)
+    assert (reject["source_row"], reject["error_code"]) == (2, "malformed_record")
+    assert reject["error_message"].startswith(message)
+    assert reject["raw_record"] == bad.format(ts=NOW_S)
+
+
+def test_json_array_elements_that_are_not_objects_are_malformed_rows() -> None:
+    records = [stripe_record("e1", NOW_S, "cus_1"), 5, "text", None, [stripe_record("e2", NOW_S, "cus_1")]]
+    parsed = parse(json.dumps(records).encode(), "json")
+    assert parsed.status == "ok" and parsed.rows_total == 5
+    assert parsed.events["event_id"].to_list() == ["e1"]
+    assert parsed.rejects.select("source_row", "error_message").rows() == [
+        (2, "element 2 is a number, not a JSON object"),
+        (3, "element 3 is a string, not a JSON object"),
+        (4, "element 4 is null, not a JSON object"),
+        (5, "element 5 is an array, not a JSON object"),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_key_whose_type_changes_from_record_to_record_never_fails_the_file(fmt: str) -> None:
+    base = {"subscription_id": "s", "usage_timestamp": NOW_MS}
+    records = [
+        {**base, "deduplication_id": "d1", "properties": {"feature": "api"}},
+        {**base, "deduplication_id": "d2", "properties": 5},
+        {**base, "deduplication_id": "d3", "properties": "storage"},
+        {**base, "deduplication_id": "d4", "properties": ["a", {"b": 1}]},
+        {**base, "deduplication_id": 12345678901234567890123, "properties": {"feature": "seats"}},
+        {**base, "deduplication_id": {"nested": True}, "properties": {}},
+        {
+            **base,
+            "usage_timestamp": 123456789012345678901234567890,
+            "deduplication_id": "d7",
+            "properties": {},
+        },
+    ]
+    parsed = parse(encode(records, fmt), fmt)
+    assert parsed.status == "ok" and parsed.rows_total == 7
+    assert parsed.events["event_id"].to_list() == ["d1", "12345678901234567890123", '{"nested":true}']
+    assert parsed.rejects.select("source_row", "error_code").rows() == [
+        (2, "invalid_properties"),
+        (3, "invalid_properties"),
+        (4, "invalid_properties"),
+        (7, "invalid_timestamp"),
+    ]
+    assert "outside the range of a 64-bit integer" in parsed.rejects["error_message"][3]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_stripe_payload_that_is_an_object_in_one_record_and_a_string_in_another(fmt: str) -> None:
+    records = [
+        {"identifier": "e1", "timestamp": NOW_S, "event_name": "api_call",
+         "payload": {"stripe_customer_id": "cus_1", "value": 3}},
+        {"identifier": "e2", "timestamp": NOW_S, "event_name": "api_call", "payload": "cus_2"},
+        {"identifier": "e3", "timestamp": NOW_S, "event_name": "api_call",
+         "payload": {"stripe_customer_id": "cus_3", "value": {"unit": "ms", "n": 5}}},
+    ]  # fmt: skip
+    parsed = parse(encode(records, fmt), fmt)
+    assert parsed.events["customer_id"].to_list() == ["cus_1"]
+    assert parsed.rejects.select("source_row", "error_code").rows() == [
+        (2, "missing_required_field"),
+        (3, "invalid_value"),
+    ]
 
 
 def test_unknown_layout_lists_the_columns() -> None:

@@ -420,3 +420,75 @@ def test_dedup_keeps_the_first_of_many_in_a_larger_file() -> None:
     assert len(parsed.events) == 700
     assert parsed.events["source_row"].to_list() == list(range(1, 701))
     assert parsed.rows_duplicate_in_file == 1300
+
+
+# --- malformed records and the size of what a reject keeps -----------------------------------------
+
+
+def test_malformed_record_comes_first_in_the_model_list() -> None:
+    assert ROW_ERROR_CODES[0] == "malformed_record"
+
+
+def test_a_record_with_the_wrong_number_of_fields_is_malformed_whatever_else_it_breaks() -> None:
+    parsed = stripe(f"e1,{NOW_S},api_call,cus_1,5", f"e2,{NOW_MS},,cus_1,abc,extra", f"e3,{NOW_MS}")
+    assert parsed.events["event_id"].to_list() == ["e1"]
+    assert parsed.rejects.select("source_row", "error_code", "error_message", "raw_record").rows() == [
+        (
+            2,
+            "malformed_record",
+            "the record on line 3 has 6 fields; the header has 5",
+            f"e2,{NOW_MS},,cus_1,abc,extra",
+        ),
+        (3, "malformed_record", "the record on line 4 has 2 fields; the header has 5", f"e3,{NOW_MS}"),
+    ]
+
+
+def test_malformed_line_numbers_count_physical_lines_of_quoted_newlines_and_blank_lines() -> None:
+    note = '"two\nlines"'
+    parsed = parse_csv(
+        STRIPE_HEADER + ",payload_note",
+        f"e1,{NOW_S},api_call,cus_1,5,{note}",  # lines 2-3
+        "",  # line 4
+        f'"e\n2",{NOW_S},api_call,cus_1,5,x,extra',  # lines 5-6, one field too many
+        f"e3,{NOW_S},api_call,cus_1,5,x",
+    )
+    assert parsed.rows_total == 3 and parsed.events["event_id"].to_list() == ["e1", "e3"]
+    reject = only_malformed(parsed)
+    assert reject["source_row"] == 3  # the blank record keeps its number
+    assert reject["error_message"] == "the record on line 5 has 7 fields; the header has 6"
+    assert reject["raw_record"] == f'"e\n2",{NOW_S},api_call,cus_1,5,x,extra'
+
+
+def only_malformed(parsed: ParsedFile) -> dict:
+    assert parsed.status == "ok"
+    malformed = parsed.rejects.filter(pl.col("error_code") == "malformed_record")
+    assert len(malformed) == 1, parsed.rejects
+    return malformed.row(0, named=True)
+
+
+def test_raw_record_keeps_at_most_4_kib_of_the_record_and_says_it_was_cut() -> None:
+    header = STRIPE_HEADER + ",payload_note"
+    note = "é" * 5000  # two bytes each: the cut must not split one
+    reject = only_reject(parse_csv(header, f"e1,{NOW_S},api_call,cus_1,5,{note}"))
+    assert reject["error_code"] == "properties_too_large"
+    full = json.dumps(
+        dict(zip(header.split(","), ["e1", str(NOW_S), "api_call", "cus_1", "5", note], strict=True)),
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    raw = reject["raw_record"]
+    assert len(raw.encode()) <= 4096
+    assert raw.endswith(f"…[truncated from {len(full.encode())} bytes]")
+    assert full.startswith(raw.split("…[truncated")[0])
+
+
+def test_cap_bytes_cuts_on_characters_and_leaves_short_text_alone() -> None:
+    from usage_pipeline.ingest.rejects import cap_bytes
+
+    texts = pl.Series(["a" * 5000, "é" * 3000, "short", None, "x" * 100])
+    capped = cap_bytes(texts.clone(), 100)
+    assert capped[2:].to_list() == ["short", None, "x" * 100]
+    for original, cut in zip(texts[:2], capped[:2], strict=True):
+        assert len(cut.encode()) <= 100
+        assert cut.endswith(f"…[truncated from {len(original.encode())} bytes]")
+        assert original.startswith(cut.split("…")[0])

@@ -29,6 +29,7 @@ def missing_column(name: str) -> str:
 
 # Row error codes in SPEC 3 precedence order: a row with several problems gets the first that applies.
 ROW_ERROR_CODES: tuple[str, ...] = (
+    "malformed_record",
     "missing_required_field",
     "invalid_timestamp",
     "timestamp_too_far_in_past",
@@ -59,8 +60,12 @@ REJECT_SCHEMA: dict[str, pl.DataType] = {
     "source_row": pl.Int64(),
     "error_code": pl.String(),
     "error_message": pl.String(),
-    "raw_record": pl.String(),  # the row as it was read, as a JSON object
+    # The record as written (JSON: its text; CSV: a JSON object of its columns, or its line when
+    # malformed), at most MAX_RAW_RECORD_BYTES of it.
+    "raw_record": pl.String(),
 }
+MAX_RAW_RECORD_BYTES = 4096
+MAX_ERROR_MESSAGE_BYTES = 1024
 
 
 def empty_events() -> pl.DataFrame:
@@ -91,7 +96,7 @@ class ValidationLimits:
 
     max_event_age: timedelta = timedelta(days=35)
     max_future_skew: timedelta = timedelta(minutes=5)
-    # A .gz file may expand to at most this many bytes (a small archive must not exhaust memory).
+    # Gzip (recognised by its bytes, whatever the name) may expand to at most this many bytes, per layer.
     max_decompressed_bytes: int = 1 << 30
 
 

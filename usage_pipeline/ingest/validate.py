@@ -14,9 +14,12 @@ from usage_pipeline.ingest.layouts import (
     LayoutSpec,
     encode_members,
     json_object,
+    layout_columns,
     payload_members,
 )
-from usage_pipeline.ingest.model import EVENT_SCHEMA, REJECT_SCHEMA, FileVersion, ValidationLimits
+from usage_pipeline.ingest.model import EVENT_SCHEMA, FileVersion, ValidationLimits
+from usage_pipeline.ingest.records import RecordTable
+from usage_pipeline.ingest.rejects import reject_rows
 
 MAX_IDENTIFIER_CHARS = 100
 MAX_SIGNIFICANT_DIGITS = 15
@@ -35,6 +38,7 @@ _TOO_PRECISE = rf"^\s*[+-]?[0.]*[1-9](?:\.?\d){{{MAX_SIGNIFICANT_DIGITS - 1},}}\
 
 # Working columns, next to the layout's own.
 _ROW = "__row"
+_MALFORMED = "__malformed"
 _TS = "__ts"
 _TS_MS = "__ts_ms"
 _PROPS = "__properties"
@@ -61,38 +65,80 @@ class _Rule:
 
 
 def validate_rows(
-    text: pl.DataFrame,
-    raw: pl.DataFrame,
-    rows: pl.Series,
-    spec: LayoutSpec,
-    file: FileVersion,
-    limits: ValidationLimits,
+    table: RecordTable, spec: LayoutSpec, file: FileVersion, limits: ValidationLimits
 ) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """(events, rejects, duplicates dropped) for a frame of the layout's fields as text.
+    """(events, rejects, duplicates dropped) for a file's records in the layout `spec`.
 
-    `raw` is the frame as read and `rows` the records' 1-based numbers in the file, row for row with `text`;
-    rejected rows are reported from `raw`.
+    Every record of `table` is judged alone: malformed ones are rejected first (SPEC 3), the others by the
+    layout's rules; rejected records are reported with their raw text.
     """
+    text = table.fields.select(layout_columns(spec, table.columns))
     # The costly string checks are independent columns of one context, so polars runs them in parallel.
-    numbered = text.hstack([rows.cast(pl.Int64).alias(_ROW)])
+    numbered = text.hstack([table.rows.cast(pl.Int64).alias(_ROW), table.malformed.alias(_MALFORMED)])
     checked = numbered.lazy().with_columns(_checks(spec, text.columns)).collect()
     checked = checked.with_columns(_fixes(spec, checked))
+    del numbered
     rules = _rules(spec, text.columns, file, limits)
+    # The properties rules come last: their costly JSON is built only for the rows no other rule rejects.
+    late = [i for i, r in enumerate(rules) if {_PROPS, _JSON_OK} & set(r.broken.meta.root_names())]
     key = [STRIPE_CUSTOMER, _EVENT_ID] if spec is STRIPE else ["subscription_id", _TS_MS, _EVENT_ID]
     prepared = (
         checked.lazy()
         .with_columns(_timestamp_ms(spec), _event_id(spec, checked, file).alias(_EVENT_ID))
         .with_columns(
-            pl.coalesce(pl.when(r.broken).then(pl.lit(i, pl.Int8)) for i, r in enumerate(rules)).alias(_RULE),
+            _first_rule(rules, [i for i in range(len(rules)) if i not in late]),
             pl.struct(key).hash().alias(_KEY_HASH),
         )
         .collect()
     )
+    del checked
+    prepared = _with_properties(spec, prepared, text.columns)
+    prepared = prepared.with_columns(pl.coalesce(pl.col(_RULE), _first_rule(rules, late)).alias(_RULE))
     rejected = prepared[_RULE].is_not_null()
-    rejects = _rejects(prepared.filter(rejected), raw.filter(rejected), rules, file)
     keep = _first_occurrences(prepared, key, ~rejected)
     events = _events(prepared.with_columns(keep.alias(_KEEP)).lazy().filter(_KEEP), spec, file)
+    del keep
+    codes, messages = [r.code for r in rules], [r.message for r in rules]
+    rejects = reject_rows(prepared, rejected.arg_true(), table, _RULE, codes, messages, _ROW, file)
     return events, rejects, prepared.height - rejects.height - events.height
+
+
+def _first_rule(rules: list[_Rule], which: list[int]) -> pl.Expr:
+    """The index of the first of the rules `which` (in SPEC order) that the row breaks, else null."""
+    return pl.coalesce(
+        pl.lit(None, pl.Int8), *(pl.when(rules[i].broken).then(pl.lit(i, pl.Int8)) for i in which)
+    ).alias(_RULE)
+
+
+def _with_properties(spec: LayoutSpec, prepared: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """The properties as compact JSON (and, Chargebee, whether they are an object) for the open rows.
+
+    When most rows are already rejected, only the open ones are computed (the others get nulls): a file of
+    millions of bad rows does not pay for their JSON. When most are open, gathering and scattering them
+    would cost more than computing the few rejected ones too, whose values are then never read.
+    """
+    exprs = _property_checks(spec, columns)
+    names = [e.meta.output_name() for e in exprs]
+    open_rows = prepared[_RULE].is_null()
+    if open_rows.sum() * 2 >= prepared.height:
+        found = prepared.lazy().with_columns(exprs).select(names).collect()  # literals broadcast
+    else:
+        rows = open_rows.arg_true()
+        needed = [_ROW, *(n for e in exprs for n in e.meta.root_names())]
+        some = _gather(prepared, needed, rows).with_columns(exprs).select(names)
+        found = pl.DataFrame(
+            [
+                pl.repeat(None, prepared.height, dtype=c.dtype, eager=True).alias(c.name).scatter(rows, c)
+                for c in some
+            ]
+        )
+    if spec is STRIPE:
+        # polars' encoder writes null for an empty cell: those rows are rebuilt without the key.
+        gaps = found[_PROPS_GAP].fill_null(False).arg_true()
+        members = json_object(payload_members(columns))
+        props = _patch(prepared.hstack([found[_PROPS]]), _PROPS, gaps, members)
+        found = found.with_columns(props).drop(_PROPS_GAP)
+    return prepared.hstack(found)
 
 
 def _checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
@@ -103,19 +149,7 @@ def _checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
     ]
     exprs += [_present(name).alias(_present_col(name)) for name in spec.required]
     if spec is not STRIPE:
-        # One strict parse per row both validates and compacts: polars' JSONPath "$" gives the document
-        # back re-serialised (compact, key order kept, numbers in their shortest form), or null when the
-        # text is not JSON. An object is what starts with "{" (a JSON string holding "{…}" does not).
-        properties = pl.col("properties")
-        parsed = properties.str.json_path_match("$")
-        object_text = properties.str.strip_chars_start().str.starts_with("{")
-        is_object = (parsed.is_not_null() & object_text).fill_null(False)
-        return [*exprs, parsed.alias(_PROPS), is_object.alias(_JSON_OK)]
-    members = payload_members(columns)
-    exprs += [
-        encode_members(members).alias(_PROPS),
-        pl.any_horizontal(pl.lit(False), *(value.is_null() for _, value, _ in members)).alias(_PROPS_GAP),
-    ]
+        return exprs
     if "identifier" in columns:
         exprs += [
             _present("identifier").alias(_present_col("identifier")),
@@ -134,17 +168,32 @@ def _checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
     return exprs
 
 
+def _property_checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
+    """The properties as compact JSON, and (Chargebee) whether they are a JSON object."""
+    if spec is not STRIPE:
+        # One strict parse per row both validates and compacts: polars' JSONPath "$" gives the document
+        # back re-serialised (compact, key order kept, numbers in their shortest form), or null when the
+        # text is not JSON. An object is what starts with "{" (a JSON string holding "{…}" does not).
+        properties = pl.col("properties")
+        parsed = properties.str.json_path_match("$")
+        object_text = properties.str.strip_chars_start().str.starts_with("{")
+        is_object = (parsed.is_not_null() & object_text).fill_null(False)
+        return [parsed.alias(_PROPS), is_object.alias(_JSON_OK)]
+    members = payload_members(columns)
+    return [
+        encode_members(members).alias(_PROPS),
+        pl.any_horizontal(pl.lit(False), *(value.is_null() for _, value in members)).alias(_PROPS_GAP),
+    ]
+
+
 def _fixes(spec: LayoutSpec, checked: pl.DataFrame) -> list[pl.Series]:
-    """Second looks at the few rows the fast path got wrong: padded numbers, Stripe payloads with gaps."""
+    """Second looks at the few rows the fast path got wrong: padded numbers, long identifiers, values."""
 
     ts_rows = (checked[_TS].is_null() & checked[spec.timestamp].is_not_null()).arg_true()
     trimmed = pl.col(spec.timestamp).str.strip_chars().cast(pl.Int64, strict=False)
     fixes = [_patch(checked, _TS, ts_rows, trimmed)]
     if spec is not STRIPE:
         return fixes
-    # polars' encoder writes null for an empty cell: those rows are rebuilt without the key.
-    gaps = checked[_PROPS_GAP].arg_true()
-    fixes.append(_patch(checked, _PROPS, gaps, json_object(payload_members(checked.columns))))
     if _ID_LONG in checked.columns:
         chars = pl.col("identifier").str.len_chars() > MAX_IDENTIFIER_CHARS
         fixes.append(_patch(checked, _ID_LONG, checked[_ID_LONG].arg_true(), chars))
@@ -223,7 +272,8 @@ def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: Vali
     iso_time = ts_ms.cast(pl.Datetime("ms")).dt.to_string("%Y-%m-%dT%H:%M:%S%.fZ")
     unit, other_unit = ("seconds", "milliseconds") if spec is STRIPE else ("milliseconds", "seconds")
 
-    rules = [
+    rules = [_Rule("malformed_record", pl.col(_MALFORMED).is_not_null(), pl.col(_MALFORMED))]
+    rules += [
         _Rule("missing_required_field", ~pl.col(_present_col(name)), pl.lit(f"{name} is missing or empty"))
         for name in spec.required
     ]
@@ -375,25 +425,4 @@ def _events(valid: pl.LazyFrame, spec: LayoutSpec, file: FileVersion) -> pl.Data
         )
         .cast(EVENT_SCHEMA)
         .collect()
-    )
-
-
-def _rejects(bad: pl.DataFrame, raw: pl.DataFrame, rules: list[_Rule], file: FileVersion) -> pl.DataFrame:
-    rule = pl.col(_RULE)
-    code = rule.replace_strict({i: r.code for i, r in enumerate(rules)}, return_dtype=pl.String)
-    message = pl.coalesce(pl.when(rule == i).then(r.message) for i, r in enumerate(rules))
-    raw_record = raw.select(pl.struct(pl.all()).struct.json_encode().alias("raw_record"))
-    # Rechunked (few rows, cheap): polars 2.1 can panic evaluating string expressions over columns whose
-    # chunks do not line up, as the working columns' do not.
-    return (
-        bad.rechunk()
-        .select(
-            pl.lit(file.key).alias("source_file"),
-            pl.lit(file.etag).alias("source_etag"),
-            pl.col(_ROW).alias("source_row"),
-            code.alias("error_code"),
-            message.alias("error_message"),
-        )
-        .hstack(raw_record)
-        .cast(REJECT_SCHEMA)
     )
