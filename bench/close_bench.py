@@ -10,18 +10,15 @@ close of the day is timed: metering (close_metering) + rating (close_billing), b
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from usage_pipeline.billing.close import close_billing
-from usage_pipeline.catalog.model import Catalog
-from usage_pipeline.metering.meter import close_metering
-from usage_pipeline.storage.connection import open_database
+from usage_pipeline.core.billing.close import close_billing
+from usage_pipeline.core.catalog.model import Catalog
+from usage_pipeline.core.metering.meter import close_metering
+from usage_pipeline.core.storage.connection import open_database
 
 CLOSE_DATE = date(2026, 3, 15)
 DAY_MS = 86_400_000

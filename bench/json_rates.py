@@ -3,7 +3,7 @@
     .venv/bin/python bench/json_rates.py                      # 1M Stripe rows, best of 3
     .venv/bin/python bench/json_rates.py --rows 200000 --layout chargebee --repeat 5
 
-The bytes come from usage_pipeline.generate (no errors, no duplicates); only parse_file is timed
+The bytes come from usage_pipeline.cli.generate (no errors, no duplicates); only parse_file is timed
 (decompression, reading, layout detection, validation, in-file deduplication). Wall-clock rows/s is the
 best of the repeats; rows per CPU-second (all threads) is steadier on a shared machine.
 
@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from usage_pipeline.generate import generate_usage_file
-from usage_pipeline.ingest.model import FileVersion, ValidationLimits
-from usage_pipeline.ingest.parse import parse_file
+from usage_pipeline.cli.generate import generate_usage_file
+from usage_pipeline.core.ingest.model import FileVersion, ValidationLimits
+from usage_pipeline.core.ingest.parse import parse_file
 
 ARRIVAL = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from pydantic import AliasChoices, Field, TypeAdapter, ValidationError, field_va
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
-BUNDLED_CATALOG = Path(__file__).parent / "catalog" / "example.yaml"
+BUNDLED_CATALOG = Path(__file__).parent / "core" / "catalog" / "example.yaml"
 
 _DURATION = TypeAdapter(timedelta)
 
@@ -139,3 +141,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
     return Settings(**loaded.model_dump())
+
+
+_BUILDING_WITH: ContextVar[Settings | None] = ContextVar("usage_pipeline_settings", default=None)
+
+
+@contextmanager
+def building_definitions_with(settings: Settings) -> Iterator[Settings]:
+    """The settings that definitions built inside this block read through `definition_settings()`."""
+    token = _BUILDING_WITH.set(settings)
+    try:
+        yield settings
+    finally:
+        _BUILDING_WITH.reset(token)
+
+
+def definition_settings() -> Settings:
+    """The settings a definition is built from: those of the enclosing `building_definitions_with`, else
+    the environment's (the defs folder loaded on its own, e.g. by `dg list defs`)."""
+    return _BUILDING_WITH.get() or load_settings()

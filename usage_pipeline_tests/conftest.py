@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from usage_pipeline.local_s3 import local_s3, s3_client
+from usage_pipeline.cli.local_s3 import local_s3, s3_client
 from usage_pipeline.settings import Settings
 
 

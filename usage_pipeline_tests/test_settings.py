@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from usage_pipeline.resources import PipelineSettings
+from usage_pipeline.defs.resources import PipelineSettings
 from usage_pipeline.settings import ConfigError, load_settings
 
 

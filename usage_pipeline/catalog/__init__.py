@@ -1,1 +1,0 @@
-"""The catalog: meters, prices and subscriptions, validated from YAML (and CSV / Parquet)."""

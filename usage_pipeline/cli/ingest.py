@@ -1,0 +1,198 @@
+"""What the CLI does, as functions: one sensor evaluation plus its runs, and a period close."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+from filelock import FileLock, Timeout
+
+from usage_pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from usage_pipeline.core.ingest import sql
+from usage_pipeline.core.ingest.discovery import ListingCursor
+from usage_pipeline.core.ingest.ledger import attempts_of, failed_files, ledgered, waiting_files
+from usage_pipeline.core.ingest.model import STATUS_FAILED, FileVersion
+from usage_pipeline.core.ingest.pending import PendingVersion, pending_versions
+from usage_pipeline.core.ingest.s3 import s3_client
+from usage_pipeline.core.ingest.store import FileOutcome
+from usage_pipeline.core.storage.connection import DuckDBBusyError, connect, read_only
+from usage_pipeline.defs.ingest.assets import INGEST_JOB_NAME, FileVersionConfig
+from usage_pipeline.defs.ingest.sensors import SENSOR_NAME, evaluate_sensor
+from usage_pipeline.defs.resources import process_tags
+from usage_pipeline.settings import Settings
+
+CLI_CURSOR_KEY = "usage_pipeline/cli_sensor_cursor"
+LAUNCHED_BY_TAG = "usage_pipeline/launched_by"
+RUN_KEY_TAG = "dagster/run_key"
+# The CLI prints its own one-line-per-file summary; the full event log still goes to the instance (UI).
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+class IngestBusyError(RuntimeError):
+    """Another `usage-pipeline ingest` kept the lock for longer than the configured wait."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A version this ingest requested that still has no ledger row: it is requested again later."""
+
+    key: str
+    attempts: int
+    error: str
+
+
+@dataclass
+class IngestResult:
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    waiting: list[Waiting] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    failed_runs: list[str] = field(default_factory=list)
+    keys_listed: int = 0
+    # Versions still without a ledger row that this evaluation did not request (backoff, busy store).
+    deferred: int = 0
+    store_busy: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """SPEC 9: 0 when every processed file ended well (or nothing was new), 1 when any failed or is
+        still waiting for a retry."""
+        if (
+            self.failed_runs
+            or self.waiting
+            or (self.store_busy and self.deferred)
+            or any(o.status == STATUS_FAILED for o in self.outcomes)
+        ):
+            return EXIT_FAILED
+        return EXIT_OK
+
+
+def _files_of(request: dg.RunRequest) -> list[FileVersion]:
+    files = request.run_config["ops"]["ingest_usage_files"]["config"]["files"]
+    return [FileVersionConfig(**f).to_version() for f in files]
+
+
+def _execute(
+    instance: dg.DagsterInstance, job: dg.JobDefinition, request: dg.RunRequest, result: IngestResult
+) -> None:
+    """Run one requested batch in this process. The run is created with this process's host and pid, so
+    that a later `ingest` recognises it as dead if this process is killed before or while running it."""
+    assert request.run_key is not None
+    tags = {
+        **request.tags,
+        RUN_KEY_TAG: request.run_key,
+        LAUNCHED_BY_TAG: "cli",
+        "dagster/sensor_name": SENSOR_NAME,
+        **process_tags(),
+    }
+    run = job.execute_in_process(
+        run_config={**request.run_config, **QUIET_CONSOLE}, instance=instance, tags=tags, raise_on_error=False
+    )
+    result.run_ids.append(run.run_id)
+    if not run.success:
+        result.failed_runs.append(run.run_id)
+
+
+def _collect(
+    settings: Settings, run_ids: list[str], requested: list[FileVersion], result: IngestResult
+) -> None:
+    """What the ledger says of this evaluation's runs, and which requested versions still wait."""
+    if not requested:
+        return
+    # After a failed run the store may be what failed: look, but do not wait for it all over again.
+    wait = settings.duckdb_lock_timeout.total_seconds()
+    try:
+        with connect(settings.duckdb_path, min(wait, 5.0) if result.failed_runs else wait) as conn:
+            rows = conn.execute(sql.OUTCOMES_OF_RUNS, {"runs": run_ids}).fetchall()
+            result.outcomes = [FileOutcome(*row) for row in rows]
+            done = ledgered(conn, requested)
+            attempts = attempts_of(conn, requested)
+    except DuckDBBusyError as exc:
+        result.store_busy = True
+        result.waiting = [Waiting(f.key, 0, str(exc)) for f in requested]
+        return
+    for file in requested:
+        if (file.key, file.etag) in done:
+            continue
+        record = attempts.get((file.key, file.etag))
+        result.waiting.append(
+            Waiting(
+                file.key,
+                record.attempts if record else 0,
+                (record.last_error if record else None) or "its run did not finish; see the run's log",
+            )
+        )
+
+
+def run_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, settings: Settings) -> IngestResult:
+    """One evaluation of the sensor's logic and the runs it requests, executed in this process.
+
+    The CLI keeps its own listing cursor in the instance (the daemon's sensor keeps its own), and holds a
+    lock for the whole evaluation so that two concurrent `ingest` commands take turns: the second one
+    waits, then finds nothing new. Runs are recorded in the instance, so they show in the UI. The cursor
+    (with the versions still pending and the requests just made) is saved before any run starts; what a
+    killed process left undone is found again next time because the ledger does not have it.
+    """
+    lock_path = Path(instance.root_directory) / "usage_pipeline_ingest.lock"
+    lock = FileLock(str(lock_path), timeout=settings.duckdb_lock_timeout.total_seconds())
+    try:
+        lock.acquire()
+    except Timeout as exc:
+        raise IngestBusyError(
+            f"another `usage-pipeline ingest` has held {lock_path} for over "
+            f"{settings.duckdb_lock_timeout.total_seconds():.0f} s; giving up (USAGE_DUCKDB_LOCK_TIMEOUT)"
+        ) from exc
+    try:
+        result = IngestResult()
+        job = defs.resolve_job_def(INGEST_JOB_NAME)
+        stored = instance.run_storage.get_cursor_values({CLI_CURSOR_KEY})
+        outcome = evaluate_sensor(
+            instance,
+            s3_client(settings.s3_endpoint_url, settings.s3_max_attempts),
+            settings,
+            stored.get(CLI_CURSOR_KEY),
+        )
+        result.keys_listed = outcome.keys_listed
+        result.store_busy = not outcome.ledger_read
+        instance.run_storage.set_cursor_values({CLI_CURSOR_KEY: outcome.cursor.to_json()})
+        requested: list[FileVersion] = []
+        for request in outcome.run_requests:
+            requested += _files_of(request)
+            _execute(instance, job, request, result)
+        _collect(settings, result.run_ids, requested, result)
+        asked = {(f.key, f.etag) for f in requested}
+        result.deferred = sum(
+            (p.file.key, p.file.etag) not in asked for p in pending_versions(outcome.cursor).values()
+        )
+        return result
+    finally:
+        lock.release()
+
+
+@dataclass
+class FilesReport:
+    """`usage-pipeline files`: what is not done, from the ledger and from this CLI's pending requests."""
+
+    failed: list[dict[str, object]] = field(default_factory=list)
+    waiting: list[dict[str, object]] = field(default_factory=list)
+    pending_requests: list[PendingVersion] = field(default_factory=list)
+
+
+def list_files(instance: dg.DagsterInstance, settings: Settings) -> FilesReport:
+    """Failed keys (newest version failed), versions waiting after an attempt (file_attempts), and versions
+    the CLI requested that no run has taken up yet."""
+    report = FilesReport()
+    cursor = ListingCursor.from_json(
+        instance.run_storage.get_cursor_values({CLI_CURSOR_KEY}).get(CLI_CURSOR_KEY)
+    )
+    pending = list(pending_versions(cursor).values())
+    with read_only(settings.duckdb_path, settings.duckdb_lock_timeout.total_seconds()) as conn:
+        if conn is None:
+            report.pending_requests = pending
+            return report
+        report.failed = failed_files(conn)
+        report.waiting = waiting_files(conn)
+        done = ledgered(conn, [p.file for p in pending])
+    attempted = {(str(w["file_key"]), str(w["etag"])) for w in report.waiting}
+    report.pending_requests = [p for p in pending if (p.file.key, p.file.etag) not in done | attempted]
+    return report

@@ -1,0 +1,249 @@
+"""`usage-pipeline`: the terminal and cron face of everything the Dagster UI does (SPEC section 9)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from usage_pipeline.cli.errors import OneLineErrorsGroup
+from usage_pipeline.cli.exit_codes import EXIT_FAILED, EXIT_USAGE
+from usage_pipeline.settings import ConfigError, Settings, load_settings
+
+COUNTS_WIDTH = 58  # the row counts column of `ingest`, wide enough for a million rows a file
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """usage_pipeline: S3 usage files -> DuckDB events -> metered, priced pending invoices."""
+
+
+@main.command()
+def ingest() -> None:
+    """One sensor evaluation plus the runs it requests, executed now.
+
+    Exit 0 when every processed file succeeded, succeeded with errors or was empty (or nothing was new),
+    1 when any file failed or still waits for a retry, 2 on a usage or configuration error.
+    """
+    from usage_pipeline.cli.ingest import IngestBusyError, run_ingest
+    from usage_pipeline.cli.instance import get_instance
+    from usage_pipeline.core.ingest.store import STATUS_WIDTH, describe_outcome
+    from usage_pipeline.definitions import build_definitions
+
+    settings = _settings()
+    try:
+        result = run_ingest(get_instance(), build_definitions(settings), settings)
+    except IngestBusyError as exc:
+        click.echo(f"ingest: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    for outcome in result.outcomes:
+        click.echo(describe_outcome(outcome, counts_width=COUNTS_WIDTH))
+    for waiting in result.waiting:
+        attempts = f"attempts={waiting.attempts}"
+        click.echo(
+            f"{'waiting':<{STATUS_WIDTH}} {attempts:<{COUNTS_WIDTH}} {waiting.key}  {waiting.error}", err=True
+        )
+    for run_id in result.failed_runs:
+        click.echo(f"run {run_id} failed; its files stay pending and are requested again", err=True)
+    if result.deferred:
+        why = (
+            "the DuckDB store is busy (another writer or an open session)" if result.store_busy else "backoff"
+        )
+        click.echo(
+            f"{result.deferred} more file version(s) wait for a retry ({why}); see `usage-pipeline files`",
+            err=True,
+        )
+    if not result.outcomes and not result.failed_runs and not result.waiting and not result.deferred:
+        click.echo(
+            f"nothing new under s3://{settings.bucket}/{settings.prefix} ({result.keys_listed} keys listed)"
+        )
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.option("--failed", "only_failed", is_flag=True, help="Only keys whose newest version failed.")
+@click.option("--waiting", "only_waiting", is_flag=True, help="Only versions without a ledger row yet.")
+def files(only_failed: bool, only_waiting: bool) -> None:
+    """What is not done: failed files, and file versions still waiting for a ledger row (with their
+    attempts and last error). Exit 0 when there are none, 1 otherwise."""
+    from usage_pipeline.cli.ingest import list_files
+    from usage_pipeline.cli.instance import get_instance
+
+    settings = _settings()
+    report = list_files(get_instance(), settings)
+    show_all = not (only_failed or only_waiting)
+    if show_all or only_failed:
+        click.echo(f"failed: {len(report.failed)} key(s) whose newest version failed")
+        for row in report.failed:
+            click.echo(
+                f"  {row['file_key']}  (etag {row['etag']}, "
+                f"arrived {row['arrived_at']:%Y-%m-%d %H:%M:%S} UTC)"
+                f"\n      {row['failed_reason']}: {row['failed_detail']}"
+            )
+    if show_all or only_waiting:
+        waiting = len(report.waiting) + len(report.pending_requests)
+        click.echo(f"waiting: {waiting} version(s) without a ledger row yet (requested again with backoff)")
+        for row in report.waiting:
+            click.echo(
+                f"  {row['file_key']}  (etag {row['etag']}, {row['attempts']} attempt(s), first "
+                f"{row['first_attempt_at']:%Y-%m-%d %H:%M:%S} UTC, last run {row['last_run_id']})"
+                f"\n      {row['last_error'] or 'the last attempt is still running or ended without a word'}"
+            )
+        for p in report.pending_requests:
+            click.echo(
+                f"  {p.file.key}  (etag {p.file.etag}, requested {p.requests} time(s), no run took it up yet)"
+            )
+    failed_shown = (show_all or only_failed) and bool(report.failed)
+    waiting_shown = (show_all or only_waiting) and bool(report.waiting or report.pending_requests)
+    sys.exit(EXIT_FAILED if failed_shown or waiting_shown else 0)
+
+
+@main.command()
+@click.option(
+    "--date", "day", required=True, help="The UTC day whose ending billing periods are closed (YYYY-MM-DD)."
+)
+def close(day: str) -> None:
+    """Materialize the period-close partition of DAY (re-running regenerates it, same invoice ids)."""
+    from usage_pipeline.cli.close import run_close_command
+
+    sys.exit(run_close_command(_settings(), day))
+
+
+@main.command()
+def demo() -> None:
+    """Local S3 endpoint, sample files (both layouts, bad rows, duplicates), ingest, close; print it all."""
+    from usage_pipeline.cli.demo import run_demo
+
+    sys.exit(run_demo(_settings()))
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the Dagster UI.")
+@click.option("--s3-port", default=9555, show_default=True, help="Port of the local S3 endpoint.")
+def dev(port: int, s3_port: int) -> None:
+    """Start the local S3 endpoint and the Dagster UI with sensors and schedules on."""
+    from usage_pipeline.cli.instance import ensure_dagster_home
+    from usage_pipeline.cli.local_s3 import local_s3
+
+    settings = _settings()
+    home = ensure_dagster_home()
+    if settings.s3_endpoint_url:
+        click.echo(f"using the S3 endpoint in AWS_ENDPOINT_URL_S3: {settings.s3_endpoint_url}")
+        _dagster_dev(port)
+        return
+    with local_s3(port=s3_port, bucket=settings.bucket) as endpoint:
+        click.echo(f"local S3 endpoint: {endpoint} (bucket {settings.bucket}, prefix {settings.prefix})")
+        click.echo(
+            f"drop files with: AWS_ENDPOINT_URL_S3={endpoint} usage-pipeline generate --out "
+            f"s3://{settings.bucket}/{settings.prefix}"
+        )
+        click.echo(f"Dagster instance: {home}; UI on http://127.0.0.1:{port}")
+        _dagster_dev(port)
+
+
+def _dagster_dev(port: int) -> None:
+    """`dg dev` from inside DAGSTER_HOME, so that Dagster reads the instance config there (a
+    dagster.yaml in the working folder that is not DAGSTER_HOME draws a warning), with every relative
+    path resolved against this folder first: the DuckDB file and the catalog stay where the CLI puts them."""
+    project = Path.cwd()
+    env = os.environ.copy()
+    for var, default in (("USAGE_DUCKDB_PATH", "data/usage.duckdb"), ("USAGE_CATALOG_PATH", "")):
+        value = env.get(var) or default
+        if value and not Path(value).is_absolute():
+            env[var] = str(project / value)
+    workspace = project / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.exists() else ["-m", "usage_pipeline.definitions"]
+    # `dg dev` (Dagster's current CLI) with an explicit target starts the same server as `dagster dev`,
+    # without the latter's supersession warning.
+    command = [str(Path(sys.executable).parent / "dg"), "dev", *target, "-p", str(port)]
+    with contextlib.suppress(KeyboardInterrupt):
+        subprocess.run(command, check=False, env=env, cwd=env["DAGSTER_HOME"])
+
+
+@main.command()
+@click.option(
+    "--out", required=True, help="A folder, or s3://bucket/prefix (uses AWS_ENDPOINT_URL_S3 when set)."
+)
+@click.option("--files", "n_files", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--rows", default=1000, show_default=True, type=click.IntRange(min=0), help="Rows per file.")
+@click.option("--layout", type=click.Choice(["stripe", "chargebee"]), default="stripe", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    show_default=True,
+    default="csv",
+    type=click.Choice(["csv", "json", "jsonl", "csv.gz", "json.gz", "jsonl.gz"]),
+)
+@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--duplicate-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--seed", default=0, show_default=True, type=int)
+def generate(
+    out: str,
+    n_files: int,
+    rows: int,
+    layout: str,
+    fmt: str,
+    error_rate: float,
+    duplicate_rate: float,
+    seed: int,
+) -> None:
+    """Write synthetic usage files (sizes, layouts, formats, error and duplicate rates)."""
+    from datetime import UTC, datetime
+
+    from usage_pipeline.cli.generate import generate_usage_file, write_files
+    from usage_pipeline.core.ingest.s3 import s3_client
+
+    settings = _settings()
+    arrival = datetime.now(UTC)
+    files = {}
+    for i in range(n_files):
+        name = f"{layout}-{arrival:%Y%m%dT%H%M%S}-{seed}-{i:04d}.{fmt}"
+        files[name] = generate_usage_file(
+            layout=layout,
+            fmt=fmt,
+            rows=rows,
+            arrival=arrival,
+            seed=seed * 100_003 + i,
+            error_rate=error_rate,
+            duplicate_rate=duplicate_rate,
+            key_hint=name,
+        )
+    client = (
+        s3_client(settings.s3_endpoint_url, settings.s3_max_attempts) if out.startswith("s3://") else None
+    )
+    for written in write_files(out, files, s3_client=client):
+        click.echo(written)
+
+
+@main.command()
+@click.option("--files", "n_files", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--rows", default=1_000_000, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--history",
+    default=50_000_000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Stored events for the history-growth measurement (0 skips it).",
+)
+@click.option("--workdir", default="bench/out", show_default=True)
+def bench(n_files: int, rows: int, history: int, workdir: str) -> None:
+    """Ingest throughput vs the floor (S3 GET + read_csv + plain insert), and cost vs stored history."""
+    from usage_pipeline.cli.bench import run_bench
+
+    run_bench(n_files=n_files, rows=rows, history=history, workdir=Path(workdir))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Billing: money, pricing models, period close into pending invoices, and late usage."""

@@ -1,0 +1,112 @@
+"""The ledger's answers about file versions: which are done, which were attempted and why they wait."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+import polars as pl
+
+from usage_pipeline.core.ingest import sql
+from usage_pipeline.core.ingest.model import FileVersion
+from usage_pipeline.core.storage.connection import has_table, registered, transaction
+from usage_pipeline.core.storage.values import naive_utc
+
+Version = tuple[str, str]  # (file_key, etag)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What file_attempts says of a version that was taken up but has no ledger row yet."""
+
+    attempts: int
+    last_attempt_at: datetime  # naive UTC
+    last_run_id: str | None
+    last_error: str | None
+
+
+def _asked(files: Iterable[FileVersion]) -> pl.DataFrame:
+    unique = {(f.key, f.etag): f for f in files}
+    return pl.DataFrame(
+        {
+            "file_key": [k for k, _ in unique],
+            "etag": [e for _, e in unique],
+            "size_bytes": [f.size for f in unique.values()],
+            "arrived_at": [naive_utc(f.last_modified) for f in unique.values()],
+        },
+        schema={
+            "file_key": pl.String,
+            "etag": pl.String,
+            "size_bytes": pl.Int64,
+            "arrived_at": pl.Datetime("us"),
+        },
+    )
+
+
+def ledgered(conn: duckdb.DuckDBPyConnection, files: Iterable[FileVersion]) -> set[Version]:
+    """The versions among `files` that have a ledger row: those are done, whatever happened to runs."""
+    asked = _asked(files)
+    if asked.is_empty() or not has_table(conn, "ingested_files"):
+        return set()
+    with registered(conn, {"asked": asked}):
+        return {(key, etag) for key, etag in conn.execute(sql.LEDGERED_VERSIONS).fetchall()}
+
+
+def attempts_of(
+    conn: duckdb.DuckDBPyConnection, files: Iterable[FileVersion]
+) -> dict[Version, AttemptRecord]:
+    asked = _asked(files)
+    if asked.is_empty() or not has_table(conn, "file_attempts"):
+        return {}
+    with registered(conn, {"asked": asked}):
+        rows = conn.execute(sql.ATTEMPTS_OF).fetchall()
+    return {(key, etag): AttemptRecord(*rest) for key, etag, *rest in rows}
+
+
+def start_attempts(
+    conn: duckdb.DuckDBPyConnection, files: Iterable[FileVersion], run_id: str | None, now: datetime
+) -> None:
+    """Count one more attempt for each version (not in the ledger) that this run takes up."""
+    asked = _asked(files)
+    if asked.is_empty():
+        return
+    with registered(conn, {"asked": asked}), transaction(conn):
+        next_attempts = conn.sql(
+            sql.NEXT_ATTEMPTS, params={"now": naive_utc(now), "run_id": run_id}
+        ).to_arrow_table()
+        conn.execute(sql.DELETE_ATTEMPTS_OF_ASKED)
+        with registered(conn, {"next_attempts": next_attempts}):
+            conn.execute(sql.INSERT_ATTEMPTS)
+
+
+def record_attempt_error(
+    conn: duckdb.DuckDBPyConnection, file: FileVersion, run_id: str | None, error: str
+) -> None:
+    """Why this attempt at a version did not end in a ledger row; the version will be retried."""
+    with transaction(conn):
+        conn.execute(
+            sql.RECORD_ATTEMPT_ERROR,
+            {"file_key": file.key, "etag": file.etag, "run_id": run_id, "error": error},
+        )
+
+
+def _dicts(conn: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, object]]:
+    result = conn.execute(query)
+    names = [d[0] for d in result.description or []]
+    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+
+
+def waiting_files(conn: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
+    """Versions taken up by a run that have no ledger row yet, oldest first, with attempts and last error."""
+    if not has_table(conn, "file_attempts"):
+        return []
+    return _dicts(conn, sql.WAITING_FILES)
+
+
+def failed_files(conn: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
+    """Keys whose newest version failed, oldest failure first."""
+    if not has_table(conn, "ingested_files"):
+        return []
+    return _dicts(conn, sql.FAILED_FILES)

@@ -1,0 +1,177 @@
+"""Ingesting a batch of file versions: fetch and parse the next file while the current one is written."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+from polars.exceptions import PanicException
+
+from usage_pipeline.core.ingest.files import classify_file
+from usage_pipeline.core.ingest.ledger import ledgered, record_attempt_error, start_attempts
+from usage_pipeline.core.ingest.model import (
+    REASON_UNREADABLE,
+    FileVersion,
+    ParsedFile,
+    ValidationLimits,
+    arrival_order,
+)
+from usage_pipeline.core.ingest.parse import parse_file
+from usage_pipeline.core.ingest.s3 import ObjectGone
+from usage_pipeline.core.ingest.store import FileOutcome, ledger_outcome, write_file_version
+
+Fetch = Callable[[FileVersion], tuple[bytes, FileVersion]]
+Describe = Callable[[BaseException], str]
+
+
+def describe_briefly(exc: BaseException) -> str:
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A version that could not be read this time (S3 down, throttled, cut off): it stays pending."""
+
+    file: FileVersion
+    error: str
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did, for metadata, the CLI and the benchmark."""
+
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    unavailable: list[Unavailable] = field(default_factory=list)
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    @property
+    def new_outcomes(self) -> list[FileOutcome]:
+        return [o for o in self.outcomes if not o.already_ingested]
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(o, attribute) for o in self.new_outcomes)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.total("rows_total") / self.seconds if self.seconds else 0.0
+
+
+def failed_file(file: FileVersion, fmt: str | None, reason: str, detail: str) -> ParsedFile:
+    return ParsedFile(file=file, status="failed", format=fmt, failed_reason=reason, failed_detail=detail)
+
+
+def load_file(file: FileVersion, fetch: Fetch, max_file_bytes: int, limits: ValidationLimits) -> ParsedFile:
+    """Bytes -> ParsedFile. Never raises for bad data: every failure becomes a file-level reason.
+
+    Infrastructure errors (S3 unreachable) do raise: the run fails and its files are retried.
+    """
+    fmt, reason, detail = classify_file(file, max_file_bytes)
+    if reason is not None:
+        return failed_file(file, fmt, reason, detail or reason)
+    assert fmt is not None
+    try:
+        data, read = fetch(file)
+    except ObjectGone:
+        return failed_file(file, fmt, REASON_UNREADABLE, "the object was deleted before it could be read")
+    if read != file:
+        # The key was overwritten since it was listed: classify what was really read.
+        fmt, reason, detail = classify_file(read, max_file_bytes)
+        if reason is not None:
+            return failed_file(read, fmt, reason, detail or reason)
+        assert fmt is not None
+    try:
+        return parse_file(data, read, fmt, limits)
+    except (Exception, PanicException) as exc:  # a parser bug on odd input must not stop the run
+        return failed_file(read, fmt, REASON_UNREADABLE, f"could not be parsed: {type(exc).__name__}: {exc}")
+
+
+def superseded(listed: FileVersion, read: FileVersion) -> ParsedFile:
+    return failed_file(
+        listed,
+        None,
+        REASON_UNREADABLE,
+        f"the key was overwritten before this version could be read; S3 now holds version {read.etag} "
+        f"(LastModified {read.last_modified:%Y-%m-%dT%H:%M:%SZ}), which is ingested as its own version",
+    )
+
+
+def _prefetched(
+    files: Sequence[FileVersion], load: Callable[[FileVersion], ParsedFile | Unavailable]
+) -> Iterator[ParsedFile | Unavailable]:
+    """Yield parsed files in order, loading file i+1 in a thread while the caller writes file i."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-prefetch") as pool:
+        pending: Future[ParsedFile | Unavailable] | None = None
+        for file in files:
+            upcoming = pool.submit(load, file)
+            if pending is not None:
+                yield pending.result()
+            pending = upcoming
+        if pending is not None:
+            yield pending.result()
+
+
+def ingest_files(
+    files: Sequence[FileVersion],
+    *,
+    fetch: Fetch,
+    conn: duckdb.DuckDBPyConnection,
+    max_file_bytes: int,
+    limits: ValidationLimits,
+    run_id: str | None,
+    stripe_dedup_window: timedelta = timedelta(hours=24),
+    on_file: Callable[[FileOutcome], None] | None = None,
+    on_unavailable: Callable[[Unavailable], None] | None = None,
+    describe: Describe = describe_briefly,
+) -> IngestReport:
+    """Ingest each file version once, in arrival order; one transaction per file.
+
+    A version that cannot be read now (an S3 error that outlasted the client's retries) does not stop the
+    others: its attempt and error are recorded in file_attempts and it is reported as unavailable, for
+    the caller to fail the run and the sensor to request it again.
+    """
+    started = time.perf_counter()
+    report = IngestReport()
+    ordered = arrival_order(files)
+    done = ledgered(conn, ordered)
+    todo = [f for f in ordered if (f.key, f.etag) not in done]
+    start_attempts(conn, todo, run_id, datetime.now(UTC))
+
+    def load(file: FileVersion) -> ParsedFile | Unavailable:
+        try:
+            parsed = load_file(file, fetch, max_file_bytes, limits)
+        except Exception as exc:  # infrastructure: bad data never raises out of load_file
+            return Unavailable(file, describe(exc))
+        report.bytes_read += parsed.file.size if parsed.status != "failed" else 0
+        return parsed
+
+    def write(parsed: ParsedFile) -> None:
+        outcome = write_file_version(conn, parsed, run_id=run_id, stripe_dedup_window=stripe_dedup_window)
+        report.outcomes.append(outcome)
+        if on_file is not None:
+            on_file(outcome)
+
+    for file, parsed in zip(todo, _prefetched(todo, load), strict=True):
+        if isinstance(parsed, Unavailable):
+            record_attempt_error(conn, parsed.file, run_id, parsed.error)
+            report.unavailable.append(parsed)
+            if on_unavailable is not None:
+                on_unavailable(parsed)
+            continue
+        write(parsed)
+        if parsed.file != file:
+            # The listed version was overwritten before it could be read: what S3 now holds was ingested
+            # as its own version; the listed one can never be read again and gets its ledger row here.
+            write(superseded(file, parsed.file))
+    for file in ordered:
+        if (file.key, file.etag) in done:
+            outcome = ledger_outcome(conn, file.key, file.etag)
+            if outcome is not None:
+                report.outcomes.append(outcome)
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,206 @@
+"""Named SQL statements of the ingest stage (DuckDB)."""
+
+from __future__ import annotations
+
+LEDGER_ROW = """
+    SELECT size_bytes, status, layout, failed_reason, failed_detail, rows_total, rows_accepted,
+           rows_duplicate, rows_rejected
+    FROM ingested_files WHERE file_key = $file_key AND etag = $etag
+"""
+
+INSERT_LEDGER = """
+    INSERT INTO ingested_files (
+        file_key, etag, size_bytes, layout, format, status, failed_reason, failed_detail,
+        rows_total, rows_accepted, rows_duplicate, rows_rejected, arrived_at, ingested_at, run_id)
+    VALUES ($file_key, $etag, $size_bytes, $layout, $format, $status, $failed_reason, $failed_detail,
+            $rows_total, $rows_accepted, $rows_duplicate, $rows_rejected, $arrived_at, $ingested_at, $run_id)
+"""
+
+# The versions asked about are registered as the relation `asked` (file_key, etag).
+LEDGERED_VERSIONS = """
+    SELECT f.file_key, f.etag FROM ingested_files AS f
+    SEMI JOIN asked AS a ON a.file_key = f.file_key AND a.etag = f.etag
+"""
+
+# --- file_attempts: versions taken up by a run that have no ledger row yet -----------------------------
+
+ATTEMPTS_OF = """
+    SELECT t.file_key, t.etag, t.attempts, t.last_attempt_at, t.last_run_id, t.last_error
+    FROM file_attempts AS t
+    SEMI JOIN asked AS a ON a.file_key = t.file_key AND a.etag = t.etag
+"""
+
+# A run takes up its versions: one more attempt each (a first attempt creates the row). `asked` holds
+# (file_key, etag, size_bytes, arrived_at) of the versions not in the ledger; the rows computed here
+# replace theirs (DELETE_ATTEMPTS_OF_ASKED, then INSERT_ATTEMPTS).
+NEXT_ATTEMPTS = """
+    SELECT a.file_key, a.etag, a.size_bytes, a.arrived_at,
+           coalesce(t.attempts, 0) + 1, coalesce(t.first_attempt_at, $now), $now, $run_id,
+           -- an attempt that ended without a word (its process was killed) says so for the next one
+           CASE WHEN t.file_key IS NOT NULL AND t.last_error IS NULL
+                THEN 'attempt ' || t.attempts || ' (run ' || coalesce(t.last_run_id, '?')
+                     || ') ended without a result: its process was killed or lost'
+                ELSE t.last_error END AS last_error
+    FROM asked AS a
+    LEFT JOIN file_attempts AS t ON t.file_key = a.file_key AND t.etag = a.etag
+"""
+
+INSERT_ATTEMPTS = "INSERT INTO file_attempts SELECT * FROM next_attempts"
+
+DELETE_ATTEMPTS_OF_ASKED = """
+    DELETE FROM file_attempts AS t
+    WHERE EXISTS (SELECT 1 FROM asked AS a WHERE a.file_key = t.file_key AND a.etag = t.etag)
+"""
+
+RECORD_ATTEMPT_ERROR = """
+    UPDATE file_attempts SET last_error = $error, last_run_id = $run_id
+    WHERE file_key = $file_key AND etag = $etag
+"""
+
+DELETE_ATTEMPT = "DELETE FROM file_attempts WHERE file_key = $file_key AND etag = $etag"
+
+# Versions still waiting for a ledger row, oldest first. An attempt row whose version reached the ledger
+# cannot exist (the ledger transaction deletes it); the anti-join keeps the answer true regardless.
+WAITING_FILES = """
+    SELECT t.file_key, t.etag, t.size_bytes, t.arrived_at, t.attempts, t.first_attempt_at,
+           t.last_attempt_at, t.last_run_id, t.last_error
+    FROM file_attempts AS t
+    ANTI JOIN ingested_files AS f ON f.file_key = t.file_key AND f.etag = t.etag
+    ORDER BY t.first_attempt_at, t.file_key
+"""
+
+# The ledger columns of a FileOutcome, in its field order.
+_OUTCOME_COLUMNS = """file_key, etag, size_bytes, status, layout, failed_reason, failed_detail,
+           rows_total, rows_accepted, rows_duplicate, rows_rejected"""
+
+OUTCOMES_OF_RUNS = f"""
+    SELECT {_OUTCOME_COLUMNS}
+    FROM ingested_files WHERE run_id IN (SELECT unnest($runs))
+    ORDER BY arrived_at, file_key
+"""
+
+# The ledger rows of the versions ($keys[i], $etags[i]), with the run that wrote each.
+OUTCOMES_OF_VERSIONS = f"""
+    SELECT {_OUTCOME_COLUMNS}, run_id
+    FROM ingested_files
+    WHERE (file_key, etag) IN (SELECT (unnest($keys), unnest($etags)))
+    ORDER BY arrived_at, file_key
+"""
+
+REJECT_CODES_OF_RUNS = """
+    SELECT r.error_code, count(*) FROM rejected_events AS r
+    JOIN ingested_files AS f ON f.file_key = r.source_file AND f.etag = r.source_etag
+    WHERE f.run_id IN (SELECT unnest($runs)) GROUP BY ALL ORDER BY 2 DESC
+"""
+
+# Failed file versions whose key has no later version that succeeded.
+FAILED_FILES = """
+    SELECT file_key, etag, failed_reason, failed_detail, arrived_at, ingested_at, run_id
+    FROM (SELECT *, row_number() OVER (PARTITION BY file_key ORDER BY arrived_at DESC, ingested_at DESC)
+                    AS newest
+          FROM ingested_files)
+    WHERE newest = 1 AND status = 'failed'
+    ORDER BY ingested_at, file_key
+"""
+
+# The candidate batch is registered as the relation `batch`. Deduplication against history only scans
+# stored events inside the batch's event-time range ($ts_lo, $ts_hi): DuckDB prunes row groups on their
+# `ts` min/max, so the cost follows the batch's time window, not the size of the history.
+_INSERT_NEW_EVENTS = """
+    INSERT INTO usage_events
+    SELECT b.event_id, b.layout, b.event_name, b.customer_id, b.subscription_id, b.ts,
+           b.properties, b.source_file, b.source_etag, b.source_row, $ingested_at
+    FROM batch AS b
+    WHERE NOT EXISTS (
+        SELECT 1 FROM usage_events AS e
+        WHERE e.ts BETWEEN $ts_lo AND $ts_hi
+          AND e.layout = '{layout}'
+          AND {same_key})
+"""
+
+# SPEC 4 dedup keys: Chargebee (subscription_id, usage_timestamp, deduplication_id); Stripe (customer, id).
+INSERT_NEW_CHARGEBEE_EVENTS = _INSERT_NEW_EVENTS.format(
+    layout="chargebee",
+    same_key="e.subscription_id = b.subscription_id AND e.ts = b.ts AND e.event_id = b.event_id",
+)
+INSERT_NEW_STRIPE_EVENTS = _INSERT_NEW_EVENTS.format(
+    layout="stripe", same_key="e.customer_id = b.customer_id AND e.event_id = b.event_id"
+)
+
+INSERT_REJECTS = """
+    INSERT INTO rejected_events
+    SELECT source_file, source_etag, source_row, error_code, error_message, raw_record, $ingested_at
+    FROM rejects
+"""
+
+# --- asset checks ------------------------------------------------------------------------------------
+
+# Ledger rows whose counts do not add up, or disagree with the rows actually stored for the file version.
+# `$since` limits the scan of the event tables to what this run wrote (ingested_at only grows, so DuckDB
+# skips older row groups).
+UNBALANCED_FILES = """
+    WITH run_files AS (
+        SELECT file_key, etag, rows_total, rows_accepted, rows_duplicate, rows_rejected
+        FROM ingested_files WHERE run_id = $run_id AND ingested_at >= $since),
+    stored AS (
+        SELECT source_file, source_etag, count(*) AS n FROM usage_events
+        WHERE ingested_at >= $since GROUP BY ALL),
+    rejected AS (
+        SELECT source_file, source_etag, count(*) AS n FROM rejected_events
+        WHERE ingested_at >= $since GROUP BY ALL)
+    SELECT f.file_key, f.etag, f.rows_total, f.rows_accepted, f.rows_duplicate, f.rows_rejected,
+           coalesce(s.n, 0) AS events_stored, coalesce(r.n, 0) AS rejects_stored
+    FROM run_files AS f
+    LEFT JOIN stored AS s ON s.source_file = f.file_key AND s.source_etag = f.etag
+    LEFT JOIN rejected AS r ON r.source_file = f.file_key AND r.source_etag = f.etag
+    WHERE f.rows_total <> f.rows_accepted + f.rows_duplicate + f.rows_rejected
+       OR coalesce(s.n, 0) <> f.rows_accepted
+       OR coalesce(r.n, 0) <> f.rows_rejected
+    ORDER BY f.file_key
+    LIMIT 50
+"""
+
+UNBALANCED_LEDGER_COUNT = """
+    SELECT count(*) FROM ingested_files
+    WHERE rows_total <> rows_accepted + rows_duplicate + rows_rejected
+"""
+
+OUTSTANDING_FAILED_KEYS = """
+    SELECT count(*) FROM (
+        SELECT file_key, arg_max(status, ingested_at) AS latest FROM ingested_files GROUP BY file_key)
+    WHERE latest = 'failed'
+"""
+
+RUN_EVENT_TIME_RANGE = """
+    SELECT min(ts), max(ts), count(*) FROM usage_events WHERE ingested_at >= $since
+"""
+
+# Dedup keys (SPEC 4) that occur more than once among stored events in a time range.
+DUPLICATE_KEYS = """
+    SELECT layout,
+           CASE layout WHEN 'stripe' THEN customer_id ELSE subscription_id END AS owner_id,
+           event_id,
+           CASE layout WHEN 'chargebee' THEN ts END AS key_ts,
+           count(*) AS copies,
+           string_agg(source_file || '#' || source_row, ', ') AS sources
+    FROM usage_events
+    WHERE ts BETWEEN $ts_lo AND $ts_hi
+    GROUP BY ALL
+    HAVING count(*) > 1
+    ORDER BY copies DESC, owner_id, event_id
+    LIMIT 20
+"""
+
+REJECT_CODE_COUNTS = """
+    SELECT error_code, count(*) AS n FROM rejected_events
+    WHERE ingested_at >= $since AND source_file IN (SELECT unnest($keys))
+    GROUP BY ALL ORDER BY n DESC
+"""
+
+REJECT_SAMPLES = """
+    SELECT source_file, source_row, error_code, error_message, left(raw_record, 200) AS raw_record
+    FROM rejected_events
+    WHERE ingested_at >= $since AND source_file IN (SELECT unnest($keys))
+    ORDER BY source_file, source_row
+    LIMIT $limit
+"""

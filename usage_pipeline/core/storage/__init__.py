@@ -1,0 +1,1 @@
+"""Storage: the DuckDB schema, connections with one transaction helper, and how values are stored."""

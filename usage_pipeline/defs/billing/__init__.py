@@ -1,0 +1,1 @@
+"""Billing definitions: line items and invoices, their checks, the period-close job and schedule."""

@@ -1,0 +1,1 @@
+"""Catalog definitions: the catalog multi-asset that publishes meters, prices and subscriptions."""

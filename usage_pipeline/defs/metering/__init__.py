@@ -1,0 +1,1 @@
+"""Metering definitions: the daily-partitioned metering multi-asset and its check."""

@@ -1,0 +1,91 @@
+"""The metering assets of a close date: meter_usage, usage_exceptions and metered_events (one step)."""
+
+import time
+from datetime import UTC, date, datetime
+
+import dagster as dg
+
+from usage_pipeline.core.metering.meter import close_metering
+from usage_pipeline.defs.catalog.assets import CATALOG_KEYS, load_catalog_or_fail
+from usage_pipeline.defs.metadata import check_spec, row_counts, table_asset_spec, table_entries
+from usage_pipeline.defs.metering.checks import usage_exceptions_result
+from usage_pipeline.defs.partitions import close_partitions
+from usage_pipeline.defs.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
+
+USAGE_EVENTS = dg.AssetKey("usage_events")
+METERING_KEYS = (dg.AssetKey("meter_usage"), dg.AssetKey("usage_exceptions"), dg.AssetKey("metered_events"))
+
+_DESCRIPTIONS = {
+    "meter_usage": "Quantity and event count per subscription, meter and billing period closed on the date.",
+    "usage_exceptions": "Events of the close window that could not be metered, with a code and a detail.",
+    "metered_events": "Lineage: every event counted into a (subscription, meter, period), by file and row.",
+}
+
+
+@dg.multi_asset(
+    name="metering",
+    specs=[
+        table_asset_spec(
+            name,
+            deps=[USAGE_EVENTS, *CATALOG_KEYS],
+            domain="metering",
+            kinds={"duckdb"},
+            description=description,
+        )
+        for name, description in _DESCRIPTIONS.items()
+    ],
+    check_specs=[
+        check_spec(
+            "usage_exceptions_found",
+            asset="usage_exceptions",
+            domain="metering",
+            description="Every event of the close window could be metered (WARN, with counts and samples).",
+        )
+    ],
+    partitions_def=close_partitions,
+    pool="duckdb",
+)
+def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: PipelineSettings):
+    """Meter every subscription period ending on the partition's day (UTC) that is over by now, replacing
+    the day's rows in one transaction. Periods ending later today are skipped and listed."""
+    close_date = date.fromisoformat(context.partition_key)
+    catalog = load_catalog_or_fail(settings)
+    started = time.perf_counter()
+    with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
+        result = close_metering(conn, catalog, close_date, now=datetime.now(UTC), run_id=context.run.run_id)
+        check = usage_exceptions_result(conn, close_date)
+        counts = {name: row_counts(conn, name, close_date) for name in _DESCRIPTIONS}
+    seconds = round(time.perf_counter() - started, 3)
+    if result.not_over:
+        context.log.warning(
+            f"{len(result.not_over)} periods ending on {close_date} are not over yet: skipped"
+        )
+    common: dict[str, dg.RawMetadataValue] = {
+        "close_date": close_date.isoformat(),
+        "periods_closed": result.periods_closed,
+        "periods_not_over": len(result.not_over),
+        "seconds": seconds,
+        **table_entries(
+            "not_over",
+            [(p.subscription_id, p.start, p.end) for p in result.not_over],
+            ["subscription", "period start", "period end"],
+        ),
+    }
+    yield dg.MaterializeResult(
+        asset_key="meter_usage",
+        metadata={**common, "usage_rows": result.usage_rows, **counts["meter_usage"]},
+    )
+    yield dg.MaterializeResult(
+        asset_key="usage_exceptions",
+        metadata={
+            **common,
+            "exceptions": sum(result.exceptions.values()),
+            **{f"code:{code}": n for code, n in result.exceptions.items()},
+            **counts["usage_exceptions"],
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="metered_events",
+        metadata={**common, "events_metered": result.events_metered, **counts["metered_events"]},
+    )
+    yield check

@@ -1,1 +1,0 @@
-"""Ingest domain: S3 file versions -> validated, deduplicated rows in DuckDB."""

@@ -1,1 +1,0 @@
-"""DuckDB storage: schema, connections and the SQL each stage runs."""
