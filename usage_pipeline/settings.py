@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, TypeAdapter, ValidationError, field_validator
@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     max_event_age: timedelta = timedelta(days=35)
     max_future_skew: timedelta = timedelta(minutes=5)
     close_grace: timedelta = timedelta(hours=1)
+    # First day of the period-close partitions; unset = the catalog's earliest subscription start (UTC).
+    close_start: date | None = None
     # Bounded work per ingest run, like Stripe's S3 connector (50 files or 10 GB per run).
     run_max_files: int = Field(default=50, gt=0)
     run_max_bytes: int = Field(default=10 * 10**9, gt=0)

@@ -13,17 +13,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "usage_pipeline"
 # What each part may import from the package, besides itself and the top-level settings module.
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
+    "core.text": set(),  # wording shared by every layer (plurals)
     "core.storage": set(),
-    "core.ingest": {"core.storage"},
-    "core.catalog": {"core.storage"},
-    "core.metering": {"core.storage", "core.catalog"},
-    "core.billing": {"core.storage", "core.catalog", "core.metering"},
+    "core.ingest": {"core.storage", "core.text"},
+    "core.catalog": {"core.storage", "core.text"},
+    "core.metering": {"core.storage", "core.catalog", "core.text"},
+    "core.billing": {"core.storage", "core.catalog", "core.metering", "core.text"},
     "core.errors": {"core.storage", "core.ingest", "core.catalog"},
     "defs": set(),
     # Shared by every domain of defs/: below them all.
     "defs.resources": {"core"},
     "defs.metadata": {"core"},
-    "defs.partitions": set(),
+    "defs.partitions": {"core"},
     "defs.ingest": {"core", "defs.resources", "defs.metadata"},
     "defs.catalog": {"core", "defs.resources", "defs.metadata"},
     "defs.metering": {"core", "defs.resources", "defs.metadata", "defs.partitions", "defs.catalog"},

@@ -8,11 +8,10 @@ import click
 import dagster as dg
 
 from usage_pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from usage_pipeline.cli.ingest import QUIET_CONSOLE
+from usage_pipeline.cli.launch import launch_in_process
 from usage_pipeline.core.billing import sql
-from usage_pipeline.core.billing.money import minor_units
+from usage_pipeline.core.billing.money import format_money
 from usage_pipeline.core.storage.connection import connect
-from usage_pipeline.defs.resources import process_tags
 from usage_pipeline.settings import Settings
 
 CLOSE_JOB_NAME = "period_close"
@@ -25,16 +24,10 @@ def parse_close_date(text: str) -> date:
         raise click.BadParameter(f"--date wants YYYY-MM-DD, got {text!r}") from exc
 
 
-def run_close(instance: dg.DagsterInstance, defs: dg.Definitions, day: date) -> dg.ExecuteInProcessResult:
-    """Materialize the close partition `day` in this process; the run is recorded in the instance."""
-    job = defs.resolve_job_def(CLOSE_JOB_NAME)
-    return job.execute_in_process(
-        run_config=QUIET_CONSOLE,
-        partition_key=day.isoformat(),
-        instance=instance,
-        tags={"usage_pipeline/launched_by": "cli", **process_tags()},
-        raise_on_error=False,
-    )
+def run_close(instance: dg.DagsterInstance, defs: dg.Definitions, day: date) -> dg.JobExecutionResult:
+    """Materialize the close partition `day` in this process; the run is recorded in the instance, under
+    the period_close job of the code location (see launch.py)."""
+    return launch_in_process(instance, defs.resolve_job_def(CLOSE_JOB_NAME), partition_key=day.isoformat())
 
 
 def invoices_of(settings: Settings, day: date) -> list[tuple]:
@@ -52,7 +45,7 @@ def print_invoices(rows: list[tuple]) -> None:
     click.echo(head)
     for invoice_id, sub, customer, start, end, currency, total, lines in rows:
         period = f"{start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M}"
-        amount = f"{total:,.{minor_units(currency)}f} {currency}"
+        amount = format_money(total, currency)
         click.echo(f"{invoice_id:<26} {sub:<18} {customer:<15} {period:<35} {amount:>18} {lines:>5}")
 
 
@@ -61,23 +54,24 @@ def run_close_command(settings: Settings, text: str) -> int:
     from usage_pipeline.core.catalog.model import CatalogError, load_catalog
     from usage_pipeline.definitions import build_definitions
     from usage_pipeline.defs.ingest.sensors import fail_dead_runs
-    from usage_pipeline.defs.partitions import close_partitions
+    from usage_pipeline.defs.partitions import close_partitions_for
 
     try:
         day = parse_close_date(text)
     except click.BadParameter as exc:
         click.echo(f"close: {exc.message}", err=True)
         return EXIT_USAGE
-    keys = close_partitions.get_partition_keys(current_time=datetime.now(UTC))
-    if day.isoformat() not in keys:
-        click.echo(f"close: {day} is outside the close partitions ({keys[0]} … {keys[-1]})", err=True)
-        return EXIT_USAGE
+    # The catalog first: the close partitions start at its earliest subscription.
     try:
         load_catalog(settings.catalog_path)
     except CatalogError as exc:
         click.echo(
             f"close: the catalog {settings.catalog_path} is invalid; nothing was closed:\n{exc}", err=True
         )
+        return EXIT_USAGE
+    keys = close_partitions_for(settings).get_partition_keys(current_time=datetime.now(UTC))
+    if day.isoformat() not in keys:
+        click.echo(f"close: {day} is outside the close partitions ({keys[0]} … {keys[-1]})", err=True)
         return EXIT_USAGE
     instance = get_instance()
     # A close or ingest killed earlier must not keep the store's pool slot from this one.

@@ -71,14 +71,16 @@ def run_demo(settings: Settings) -> int:
         write_files(target, files, s3_client=client)
         click.echo(f"1. local S3 endpoint {endpoint}: wrote {len(files)} sample files to {target}")
 
-        result = run_ingest(instance, build_definitions(settings), settings)
+        # One set of definitions for both runs: the settings with this demo's S3 endpoint.
+        defs = build_definitions(settings)
+        result = run_ingest(instance, defs, settings)
         listed = client.list_objects_v2(Bucket=settings.bucket, Prefix=settings.prefix).get("Contents", [])
         versions = [(o["Key"], o["ETag"].strip('"')) for o in listed]
         click.echo(f"\n2. ingest: {len(result.run_ids)} Dagster run(s) {result.run_ids}; file by file:")
         _print_files(settings, versions, result.run_ids)
 
         today = arrival.date()
-        close = run_close(instance, build_definitions(settings), today)
+        close = run_close(instance, defs, today)
         click.echo(
             f"\n3. close {today} (billing periods ending today): run {close.run_id} "
             f"{'succeeded' if close.success else 'FAILED'}"

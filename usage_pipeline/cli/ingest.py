@@ -2,31 +2,36 @@
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 from filelock import FileLock, Timeout
 
 from usage_pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from usage_pipeline.cli.launch import launch_in_process
 from usage_pipeline.core.ingest import sql
 from usage_pipeline.core.ingest.discovery import ListingCursor
-from usage_pipeline.core.ingest.ledger import attempts_of, failed_files, ledgered, waiting_files
+from usage_pipeline.core.ingest.ledger import (
+    Acknowledgement,
+    acknowledge,
+    attempts_of,
+    failing_keys,
+    ledgered,
+    waiting_files,
+)
 from usage_pipeline.core.ingest.model import STATUS_FAILED, FileVersion
 from usage_pipeline.core.ingest.pending import PendingVersion, pending_versions
 from usage_pipeline.core.ingest.s3 import s3_client
 from usage_pipeline.core.ingest.store import FileOutcome
 from usage_pipeline.core.storage.connection import DuckDBBusyError, connect, read_only
 from usage_pipeline.defs.ingest.assets import INGEST_JOB_NAME, FileVersionConfig
-from usage_pipeline.defs.ingest.sensors import SENSOR_NAME, evaluate_sensor
-from usage_pipeline.defs.resources import process_tags
+from usage_pipeline.defs.ingest.sensors import RUN_KEY_TAG, SENSOR_NAME, evaluate_sensor
 from usage_pipeline.settings import Settings
 
 CLI_CURSOR_KEY = "usage_pipeline/cli_sensor_cursor"
-LAUNCHED_BY_TAG = "usage_pipeline/launched_by"
-RUN_KEY_TAG = "dagster/run_key"
-# The CLI prints its own one-line-per-file summary; the full event log still goes to the instance (UI).
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 class IngestBusyError(RuntimeError):
@@ -75,19 +80,10 @@ def _files_of(request: dg.RunRequest) -> list[FileVersion]:
 def _execute(
     instance: dg.DagsterInstance, job: dg.JobDefinition, request: dg.RunRequest, result: IngestResult
 ) -> None:
-    """Run one requested batch in this process. The run is created with this process's host and pid, so
-    that a later `ingest` recognises it as dead if this process is killed before or while running it."""
+    """Run one requested batch in this process, recorded like a run the sensor launched (see launch.py)."""
     assert request.run_key is not None
-    tags = {
-        **request.tags,
-        RUN_KEY_TAG: request.run_key,
-        LAUNCHED_BY_TAG: "cli",
-        "dagster/sensor_name": SENSOR_NAME,
-        **process_tags(),
-    }
-    run = job.execute_in_process(
-        run_config={**request.run_config, **QUIET_CONSOLE}, instance=instance, tags=tags, raise_on_error=False
-    )
+    tags = {**request.tags, RUN_KEY_TAG: request.run_key, "dagster/sensor_name": SENSOR_NAME}
+    run = launch_in_process(instance, job, tags=tags, run_config=request.run_config)
     result.run_ids.append(run.run_id)
     if not run.success:
         result.failed_runs.append(run.run_id)
@@ -174,13 +170,14 @@ class FilesReport:
     """`usage-pipeline files`: what is not done, from the ledger and from this CLI's pending requests."""
 
     failed: list[dict[str, object]] = field(default_factory=list)
+    acknowledged: list[dict[str, object]] = field(default_factory=list)  # failing, but not to be fixed
     waiting: list[dict[str, object]] = field(default_factory=list)
     pending_requests: list[PendingVersion] = field(default_factory=list)
 
 
 def list_files(instance: dg.DagsterInstance, settings: Settings) -> FilesReport:
-    """Failed keys (newest version failed), versions waiting after an attempt (file_attempts), and versions
-    the CLI requested that no run has taken up yet."""
+    """Failed keys (newest version failed; those an operator acknowledged apart), versions waiting after an
+    attempt (file_attempts), and versions the CLI requested that no run has taken up yet."""
     report = FilesReport()
     cursor = ListingCursor.from_json(
         instance.run_storage.get_cursor_values({CLI_CURSOR_KEY}).get(CLI_CURSOR_KEY)
@@ -190,9 +187,29 @@ def list_files(instance: dg.DagsterInstance, settings: Settings) -> FilesReport:
         if conn is None:
             report.pending_requests = pending
             return report
-        report.failed = failed_files(conn)
+        for key in failing_keys(conn):
+            (report.failed if key["acknowledged_by"] is None else report.acknowledged).append(key)
         report.waiting = waiting_files(conn)
         done = ledgered(conn, [p.file for p in pending])
     attempted = {(str(w["file_key"]), str(w["etag"])) for w in report.waiting}
     report.pending_requests = [p for p in pending if (p.file.key, p.file.etag) not in done | attempted]
     return report
+
+
+def operator_name() -> str:
+    """Who is at the terminal: the OS user."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        return "unknown"
+
+
+def acknowledge_file(
+    settings: Settings, key: str, reason: str, by: str | None = None
+) -> Acknowledgement | None:
+    """`files --ack`: the newest version of `key` will not be fixed, says `by` (the OS user) now; the state
+    checks stop counting that version. None when the ledger has no version of `key`."""
+    if settings.duckdb_path != ":memory:" and not Path(settings.duckdb_path).exists():
+        return None
+    with connect(settings.duckdb_path, settings.duckdb_lock_timeout.total_seconds()) as conn:
+        return acknowledge(conn, key, by=by or operator_name(), reason=reason, now=datetime.now(UTC))

@@ -7,13 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from usage_pipeline.cli.errors import OneLineErrorsGroup
 from usage_pipeline.cli.exit_codes import EXIT_FAILED, EXIT_USAGE
+from usage_pipeline.core.text import plural
 from usage_pipeline.settings import ConfigError, Settings, load_settings
 
+UTC_TIME = "%Y-%m-%d %H:%M:%S"
 COUNTS_WIDTH = 58  # the row counts column of `ingest`, wide enough for a million rows a file
 
 
@@ -73,41 +76,107 @@ def ingest() -> None:
 
 
 @main.command()
-@click.option("--failed", "only_failed", is_flag=True, help="Only keys whose newest version failed.")
+@click.option(
+    "--failed",
+    "only_failed",
+    is_flag=True,
+    help="Only keys whose newest version failed (acknowledged apart).",
+)
 @click.option("--waiting", "only_waiting", is_flag=True, help="Only versions without a ledger row yet.")
-def files(only_failed: bool, only_waiting: bool) -> None:
+@click.option(
+    "--ack",
+    "ack_key",
+    metavar="KEY",
+    help="Acknowledge the newest version of KEY: it will not be fixed, the checks stop counting it.",
+)
+@click.option("--reason", help="Why the acknowledged file will not be fixed (required with --ack).")
+def files(only_failed: bool, only_waiting: bool, ack_key: str | None, reason: str | None) -> None:
     """What is not done: failed files, and file versions still waiting for a ledger row (with their
-    attempts and last error). Exit 0 when there are none, 1 otherwise."""
+    attempts and last error). Exit 0 when there are none, 1 otherwise.
+
+    With --ack KEY --reason "…", acknowledges the newest version of KEY instead (as the OS user): a file
+    that will not be fixed stops turning the checks no_failed_files / no_rejected_rows red; a newer
+    version of KEY is judged afresh.
+    """
     from usage_pipeline.cli.ingest import list_files
     from usage_pipeline.cli.instance import get_instance
 
     settings = _settings()
+    if ack_key is not None or reason is not None:
+        _acknowledge(settings, ack_key, reason, listing=only_failed or only_waiting)
     report = list_files(get_instance(), settings)
     show_all = not (only_failed or only_waiting)
     if show_all or only_failed:
-        click.echo(f"failed: {len(report.failed)} key(s) whose newest version failed")
+        click.echo(f"failed: {plural(len(report.failed), 'key')} whose newest version failed")
         for row in report.failed:
             click.echo(
-                f"  {row['file_key']}  (etag {row['etag']}, "
-                f"arrived {row['arrived_at']:%Y-%m-%d %H:%M:%S} UTC)"
+                f"  {row['file_key']}  (etag {row['etag']}, arrived {row['arrived_at']:{UTC_TIME}} UTC, "
+                f"failing since {row['failing_since']:{UTC_TIME}} UTC)"
+                f"\n      {row['failed_reason']}: {row['failed_detail']}"
+            )
+        if report.acknowledged:
+            click.echo(
+                f"acknowledged: {plural(len(report.acknowledged), 'failed key')} an operator will not fix "
+                "(not counted by the checks)"
+            )
+        for row in report.acknowledged:
+            click.echo(
+                f"  {row['file_key']}  (etag {row['etag']}, acknowledged by {row['acknowledged_by']} "
+                f"at {row['acknowledged_at']:{UTC_TIME}} UTC: {row['acknowledged_reason']})"
                 f"\n      {row['failed_reason']}: {row['failed_detail']}"
             )
     if show_all or only_waiting:
         waiting = len(report.waiting) + len(report.pending_requests)
-        click.echo(f"waiting: {waiting} version(s) without a ledger row yet (requested again with backoff)")
+        click.echo(
+            f"waiting: {plural(waiting, 'version')} without a ledger row yet (requested again with backoff)"
+        )
         for row in report.waiting:
             click.echo(
-                f"  {row['file_key']}  (etag {row['etag']}, {row['attempts']} attempt(s), first "
-                f"{row['first_attempt_at']:%Y-%m-%d %H:%M:%S} UTC, last run {row['last_run_id']})"
+                f"  {row['file_key']}  (etag {row['etag']}, {plural(int(row['attempts']), 'attempt')}, first "
+                f"{row['first_attempt_at']:{UTC_TIME}} UTC, last run {row['last_run_id']})"
                 f"\n      {row['last_error'] or 'the last attempt is still running or ended without a word'}"
             )
         for p in report.pending_requests:
             click.echo(
-                f"  {p.file.key}  (etag {p.file.etag}, requested {p.requests} time(s), no run took it up yet)"
+                f"  {p.file.key}  (etag {p.file.etag}, requested {plural(p.requests, 'time')}, "
+                "no run took it up yet)"
             )
     failed_shown = (show_all or only_failed) and bool(report.failed)
     waiting_shown = (show_all or only_waiting) and bool(report.waiting or report.pending_requests)
     sys.exit(EXIT_FAILED if failed_shown or waiting_shown else 0)
+
+
+def _acknowledge(settings: Settings, key: str | None, reason: str | None, *, listing: bool) -> NoReturn:
+    """`files --ack KEY --reason "…"`: one line saying what was acknowledged, or one line saying why not
+    (exit 2)."""
+    from usage_pipeline.cli.ingest import acknowledge_file
+
+    refusal = None
+    if key is None:
+        refusal = "files: --reason goes with --ack KEY"
+    elif not (reason or "").strip():
+        refusal = f'files --ack: say why {key} will not be fixed, with --reason "…"'
+    elif listing:
+        refusal = "files --ack: acknowledge alone; list with `usage-pipeline files --failed` afterwards"
+    if refusal is not None:
+        click.echo(refusal, err=True)
+        sys.exit(EXIT_USAGE)
+    assert key is not None and reason is not None
+    ack = acknowledge_file(settings, key, reason.strip())
+    if ack is None:
+        click.echo(f"files --ack: the ledger has no version of {key} (see `usage-pipeline files`)", err=True)
+        sys.exit(EXIT_USAGE)
+    if ack.failed_reason:
+        state = f"failed: {ack.failed_reason}"
+    elif ack.rows_rejected:
+        state = f"{ack.status}, {plural(ack.rows_rejected, 'row')} rejected"
+    else:
+        state = ack.status
+    click.echo(
+        f"acknowledged {ack.file_key} (etag {ack.etag}, arrived {ack.arrived_at:{UTC_TIME}} UTC, "
+        f"{state}) by {ack.acknowledged_by} at {ack.acknowledged_at:{UTC_TIME}} UTC: {ack.reason}"
+    )
+    sys.exit(0)
 
 
 @main.command()
@@ -153,6 +222,17 @@ def dev(port: int, s3_port: int) -> None:
         _dagster_dev(port)
 
 
+def workspace_yaml() -> str:
+    from usage_pipeline.cli.launch import DEFINITIONS_MODULE, LOCATION_NAME, WORKING_DIRECTORY
+
+    return (
+        "load_from:\n  - python_module:\n"
+        f"      module_name: {DEFINITIONS_MODULE}\n"
+        f"      working_directory: {WORKING_DIRECTORY}\n"
+        f"      location_name: {LOCATION_NAME}\n"
+    )
+
+
 def _dagster_dev(port: int) -> None:
     """`dg dev` from inside DAGSTER_HOME, so that Dagster reads the instance config there (a
     dagster.yaml in the working folder that is not DAGSTER_HOME draws a warning), with every relative
@@ -164,7 +244,12 @@ def _dagster_dev(port: int) -> None:
         if value and not Path(value).is_absolute():
             env[var] = str(project / value)
     workspace = project / "workspace.yaml"
-    target = ["-w", str(workspace)] if workspace.exists() else ["-m", "usage_pipeline.definitions"]
+    if not workspace.exists():
+        # Outside a checkout: a workspace naming the location as the CLI's runs do (cli/launch.py), so
+        # that the UI lists them under their job.
+        workspace = Path(env["DAGSTER_HOME"]) / "workspace.yaml"
+        workspace.write_text(workspace_yaml())
+    target = ["-w", str(workspace)]
     # `dg dev` (Dagster's current CLI) with an explicit target starts the same server as `dagster dev`,
     # without the latter's supersession warning.
     command = [str(Path(sys.executable).parent / "dg"), "dev", *target, "-p", str(port)]

@@ -135,7 +135,7 @@ def test_ingest_close_late_file_reclose(settings, s3, bucket, tmp_path: Path):
         ]
     assert len(late) == 1 and late[0].passed is False
     assert late[0].metadata["late_events"].value == 10
-    assert late[0].metadata["at_stake:USD"].value == "1.00"  # 10 more calls x 0.10
+    assert late[0].metadata["at_stake:USD"].value == "1.00 USD"  # 10 more calls x 0.10
 
     close = cli(env, "close", "--date", today.isoformat())
     assert close.returncode == 0, close.stderr[-2000:]
@@ -143,6 +143,14 @@ def test_ingest_close_late_file_reclose(settings, s3, bucket, tmp_path: Path):
     assert invoices == [(invoice_id, Decimal("8.25"))]  # same id, the late calls billed
     assert [p for p, _, _ in lines] == ["base", "calls", "toks"]  # regenerated, not duplicated
     assert lineage == {"incoming/day1.csv": 30, "incoming/late.csv": 10}
+    # The re-close run evaluated late_usage after billing: the check is green again, without an ingest.
+    late_check = dg.AssetCheckKey(dg.AssetKey("usage_events"), "late_usage")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        reclose_run = instance.get_runs(dg.RunsFilter(job_name="period_close"), limit=1)[0]
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([late_check])[late_check]
+        assert reclose_run.run_id in close.stdout
+        assert latest.run_id == reclose_run.run_id
+        assert latest.event.dagster_event.event_specific_data.passed is True
 
 
 def test_close_refuses_a_broken_catalog_and_bad_dates(settings, tmp_path: Path):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from usage_pipeline.core.billing.money import minor_units, round_money
+from usage_pipeline.core.billing.money import format_money, minor_units, round_money
 from usage_pipeline.core.billing.pricing import rate
 from usage_pipeline.core.catalog.model import Price
 
@@ -136,6 +136,25 @@ def test_round_money_half_up_to_the_minor_unit(currency: str, unrounded: str, ex
     rounded = round_money(D(unrounded), currency)
     assert rounded == D(expected)
     assert rounded.as_tuple().exponent == -minor_units(currency)
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [
+        ("200.0000", "JPY", "200 JPY"),
+        ("2.5", "JPY", "3 JPY"),  # half-up, as the lines are rounded
+        ("1.4000", "EUR", "1.40 EUR"),
+        ("1.005", "USD", "1.01 USD"),
+        ("0", "USD", "0.00 USD"),
+        ("-0.004", "USD", "0.00 USD"),  # never "-0.00"
+        ("-12.345", "usd", "-12.35 USD"),
+        ("0.0035", "BHD", "0.004 BHD"),
+        ("1234567.8915", "BHD", "1,234,567.892 BHD"),
+        ("1E+3", "JPY", "1,000 JPY"),
+    ],
+)
+def test_format_money_shows_the_currency_minor_unit(amount: str, currency: str, shown: str) -> None:
+    assert format_money(D(amount), currency) == shown
 
 
 def test_minor_units_from_iso_4217() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from usage_pipeline.core.storage.schema import ensure_schema
 from usage_pipeline.definitions import build_definitions
@@ -86,7 +87,7 @@ def test_period_close_job_closes_a_partition(tmp_path: Path, instance: dg.Dagste
     assert checks["usage_exceptions_found"].severity == dg.AssetCheckSeverity.WARN
     billed = result.asset_materializations_for_node("billing")
     assert billed[0].metadata["invoices"].value == 2
-    assert billed[0].metadata["total:USD"].value == "25.0000"
+    assert billed[0].metadata["total:USD"].value == "25.00 USD"
 
     # Running the partition again regenerates: same invoices, no duplicates.
     again = job.execute_in_process(partition_key="2026-03-02", instance=instance)
@@ -94,6 +95,43 @@ def test_period_close_job_closes_a_partition(tmp_path: Path, instance: dg.Dagste
     with duckdb.connect(settings.duckdb_path) as conn:
         assert conn.execute("SELECT count(*) FROM pending_invoices").fetchall()[0][0] == 2
         assert conn.execute("SELECT count(*) FROM invoice_line_items").fetchall()[0][0] == 3
+
+
+def test_close_metadata_shows_amounts_in_the_currency_minor_unit(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    catalog = """
+meters:
+  - {id: api_calls, event_name: api_call, aggregation: count}
+  - {id: storage_gb, filters: {feature: storage}, aggregation: max, value_property: gb}
+prices:
+  - {id: base, currency: JPY, model: flat_fee, amount: "200"}
+  - {id: api, meter: api_calls, currency: JPY, model: per_unit, unit_amount: "0.75"}
+  - {id: storage, meter: storage_gb, currency: BHD, model: per_unit, unit_amount: "0.0005"}
+subscriptions:
+  - {id: sub_s, customer_id: cus_s, currency: JPY, price_ids: [base, api],
+     started_at: "2026-01-01T00:00:00Z", billing_period_unit: day}
+  - {id: sub_c, customer_id: cus_c, currency: BHD, price_ids: [storage],
+     started_at: "2026-01-01T00:00:00Z", billing_period_unit: day}
+"""
+    settings = _settings(tmp_path, catalog)
+    _store_events(settings.duckdb_path)
+
+    result = (
+        _definitions(settings)
+        .resolve_job_def("period_close")
+        .execute_in_process(partition_key="2026-03-02", instance=instance)
+    )
+
+    assert result.success
+    for materialization in result.asset_materializations_for_node("billing"):
+        metadata = materialization.metadata
+        # Lines rounded half-up: 200 JPY + 2 x 0.75 = 1.5 -> 2 JPY; 7 GB x 0.0005 = 0.0035 -> 0.004 BHD.
+        assert metadata["total:JPY"].value == "202 JPY"
+        assert metadata["total:BHD"].value == "0.004 BHD"
+        table = metadata["totals"].records  # type: ignore[attr-defined]
+        totals = {record.data["currency"]: record.data["total"] for record in table}
+        assert totals == {"BHD": "0.004 BHD", "JPY": "202 JPY"}
 
 
 def test_broken_catalog_fails_the_close_and_writes_nothing(
@@ -140,9 +178,53 @@ def test_late_usage_check_reports_money_at_stake(tmp_path: Path, instance: dg.Da
     assert evaluation.check_name == "late_usage"
     assert not evaluation.passed
     assert evaluation.metadata["late_events"].value == 1
-    assert evaluation.metadata["at_stake:USD"].value == "0.50"  # in the currency's minor unit
+    assert evaluation.metadata["at_stake:USD"].value == "0.50 USD"  # in the currency's minor unit
     late_periods = evaluation.metadata["late_periods"]
     assert [record.data["subscription"] for record in late_periods.records] == ["sub_s"]
+
+
+def test_reclosing_the_late_date_turns_late_usage_green_in_the_close_run(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    settings = _settings(tmp_path)
+    _store_events(settings.duckdb_path)
+    close = _definitions(settings).resolve_job_def("period_close")
+    late_check = dg.AssetCheckKey(dg.AssetKey("usage_events"), "late_usage")
+
+    def late_usage_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+        (evaluation,) = [
+            e
+            for e in result.get_asset_check_evaluations()  # type: ignore[attr-defined]
+            if e.asset_check_key == late_check
+        ]
+        return evaluation
+
+    first = close.execute_in_process(partition_key="2026-03-02", instance=instance)
+    assert first.success and late_usage_of(first).passed  # the close evaluates late_usage too
+    with duckdb.connect(settings.duckdb_path) as conn:
+        conn.execute(
+            "INSERT INTO usage_events VALUES ('late', 'stripe', 'api_call', 'cus_s', NULL, "
+            "'2026-03-01 23:59:00', '{}', 'incoming/late.csv', 'etag2', 1, ?)",
+            [datetime.now(UTC).replace(tzinfo=None)],  # after the first close, before the re-close
+        )
+    # Closing another date re-evaluates the check: the late event is still unbilled, so it stays red.
+    other = close.execute_in_process(partition_key="2026-03-03", instance=instance)
+    red = late_usage_of(other)
+    assert not red.passed
+    assert red.metadata["close_dates_to_reclose"].value == "2026-03-02"
+
+    reclose = close.execute_in_process(partition_key="2026-03-02", instance=instance)
+
+    assert reclose.success
+    # The billing step ran before the check in the same run, so its evaluation already sees the re-close.
+    steps = [e.step_key for e in reclose.all_events if e.is_step_success]
+    assert steps.index("billing") < steps.index("usage_events_late_usage")
+    green = late_usage_of(reclose)
+    assert green.passed
+    assert green.metadata["late_events"].value == 0
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([late_check])[late_check]
+    assert latest.run_id == reclose.run_id
+    assert latest.status == AssetCheckExecutionRecordStatus.SUCCEEDED
 
 
 @pytest.mark.parametrize(

@@ -90,3 +90,10 @@ def test_dg_checks_and_lists_the_project_definitions():
     )
     assert listed.returncode == 0, listed.stderr[-3000:]
     assert "ingested_files" in listed.stdout and "usage_files_sensor" in listed.stdout
+
+
+def test_the_cli_names_the_code_location_as_workspace_yaml_does():
+    """CLI runs carry this location's origin; `usage-pipeline dev` outside a checkout writes the same."""
+    from usage_pipeline.cli.main import workspace_yaml
+
+    assert (ROOT / "workspace.yaml").read_text() == workspace_yaml()

@@ -124,7 +124,7 @@ def test_sensor_to_tables_with_every_kind_of_file(instance, settings, s3, bucket
     assert checks["no_rejected_rows"].severity == dg.AssetCheckSeverity.WARN
     assert checks["row_counts_balance"].passed is True
     assert checks["dedup_keys_unique"].passed is True
-    failed_table = checks["no_failed_files"].metadata["failed files"]
+    failed_table = checks["no_failed_files"].metadata["failing files (oldest first)"]
     reasons = {record.data["file"]: record.data["reason"] for record in failed_table.records}
     assert reasons["incoming/corrupt.csv.gz"] == "unreadable_file"
     assert reasons["incoming/notes.txt"] == "unsupported_file"

@@ -124,7 +124,7 @@ def test_an_ingest_run_reports_row_counts_and_tables_with_schemas(instance, sett
     }
     for name, count in counts.items():
         assert materialized[name][ROW_COUNT].value == count, name
-    files = materialized["ingested_files"]["file_versions"]
+    files = materialized["ingested_files"]["files_of_this_run"]
     assert {r.data["file"]: r.data["status"] for r in files.records} == {
         "incoming/a.csv": "succeeded_with_errors",
         "incoming/notes.txt": "failed",
@@ -143,7 +143,7 @@ def test_an_ingest_run_reports_row_counts_and_tables_with_schemas(instance, sett
         for key, value in evaluation.metadata.items()
         if isinstance(value, dg.TableMetadataValue)
     }
-    assert ("no_failed_files", "failed files") in tables
+    assert ("no_failed_files", "failing files (oldest first)") in tables
     assert ("no_rejected_rows", "sample of rejected rows") in tables
     for (check, key), value in tables.items():
         names = [c.name for c in value.schema.columns]

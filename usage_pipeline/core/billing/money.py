@@ -1,4 +1,4 @@
-"""Money: each currency's minor unit (ISO 4217, via babel's CLDR data) and half-up rounding to it."""
+"""Money: each currency's minor unit (ISO 4217, via babel's CLDR data), half-up rounding to it, display."""
 
 from __future__ import annotations
 
@@ -29,3 +29,12 @@ def _quantum(currency: str) -> Decimal:
 def round_money(amount: Decimal, currency: str) -> Decimal:
     """Round half-up (away from zero on an exact half) to the currency's minor unit."""
     return amount.quantize(_quantum(currency), rounding=ROUND_HALF_UP, context=EXACT)
+
+
+def format_money(amount: Decimal | int | str, currency: str) -> str:
+    """An amount as a person reads it: rounded half-up to the currency's minor unit, thousands grouped,
+    then the code (`1.40 EUR`, `200 JPY`, `1,234.568 BHD`). Every amount shown (UI, CLI) goes through it."""
+    rounded = round_money(Decimal(amount), currency)
+    if rounded.is_zero():
+        rounded = abs(rounded)  # no "-0.00" for a tiny negative amount
+    return f"{rounded:,f} {currency.upper()}"

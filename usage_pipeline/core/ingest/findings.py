@@ -8,9 +8,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from usage_pipeline.core.ingest import sql
-from usage_pipeline.core.ingest.ledger import waiting_files
-from usage_pipeline.core.ingest.model import STATUS_FAILED
-from usage_pipeline.core.ingest.store import FileOutcome
+from usage_pipeline.core.ingest.ledger import dict_rows, failing_keys, newest_with_rejects, waiting_files
 
 Rows = list[dict[str, object]]
 
@@ -25,63 +23,96 @@ class CheckFinding:
     examples: dict[str, Rows] = field(default_factory=dict)
 
 
-def _rows(conn: duckdb.DuckDBPyConnection, query: str, params: dict[str, object]) -> Rows:
-    result = conn.execute(query, params)
-    names = [d[0] for d in result.description or []]
-    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+def _unacknowledged(rows: Rows) -> tuple[Rows, int]:
+    """The rows no operator acknowledged, and how many were acknowledged."""
+    open_rows = [row for row in rows if row["acknowledged_by"] is None]
+    return open_rows, len(rows) - len(open_rows)
 
 
-def file_row(o: FileOutcome) -> dict[str, object]:
-    return {
-        "file": o.key,
-        "status": o.status,
-        "reason": o.failed_reason or "",
-        "detail": o.failed_detail or "",
-        "total": o.rows_total,
-        "accepted": o.rows_accepted,
-        "duplicate": o.rows_duplicate,
-        "rejected": o.rows_rejected,
-    }
+def failed_files(conn: duckdb.DuckDBPyConnection, now: datetime) -> CheckFinding:
+    """ERROR: keys whose newest version failed and that no operator acknowledged.
 
-
-def failed_files(conn: duckdb.DuckDBPyConnection, outcomes: list[FileOutcome]) -> CheckFinding:
-    """ERROR: a file of this run could not be ingested at all."""
-    failed = [o for o in outcomes if o.status == STATUS_FAILED and not o.already_ingested]
-    outstanding = int(conn.execute(sql.OUTSTANDING_FAILED_KEYS).fetchall()[0][0])
+    The state of the ledger, not of the last run: a later clean run, or an empty one, leaves the check
+    red; a newer version of the key that does not fail, or `usage-pipeline files --ack`, turns it green.
+    """
+    failing, acknowledged = _unacknowledged(failing_keys(conn))
+    rows = [
+        {
+            "file": key["file_key"],
+            "reason": key["failed_reason"] or "",
+            "detail": key["failed_detail"] or "",
+            "failing_since_utc": key["failing_since"],
+            "failing_for": _age(now, key["failing_since"]),  # type: ignore[arg-type]
+            "failed_versions": key["failed_versions"],
+            "etag": key["etag"],
+            "run": key["run_id"] or "",
+        }
+        for key in failing
+    ]
+    counts = {"failing_keys": len(rows), "acknowledged_failing_keys": acknowledged}
+    for row in rows:
+        counts[str(row["reason"])] = counts.get(str(row["reason"]), 0) + 1
     summary = (
-        f"{len(failed)} of {len(outcomes)} files failed in this run"
-        if failed
-        else f"no failed file among the {len(outcomes)} files of this run"
+        f"keys whose newest version failed: {len(rows)}; the oldest, {rows[0]['file']}, has failed "
+        f"for {rows[0]['failing_for']} ({rows[0]['reason']})"
+        if rows
+        else "no key's newest version failed"
     )
+    if acknowledged:
+        summary += f" (acknowledged and not counted: {acknowledged})"
     return CheckFinding(
-        passed=not failed,
+        passed=not rows,
         summary=summary,
-        counts={"failed_files": len(failed), "outstanding_failed_keys": outstanding},
-        examples={"failed files": [file_row(o) for o in failed[:50]]},
+        counts=counts,
+        examples={"failing files (oldest first)": rows},
     )
 
 
-def rejected_rows(
-    conn: duckdb.DuckDBPyConnection, outcomes: list[FileOutcome], since: datetime, sample: int = 20
-) -> CheckFinding:
-    """WARN: rows of this run's files were rejected; which files, which codes, which rows."""
-    with_rejects = [o for o in outcomes if o.rows_rejected and not o.already_ingested]
-    keys = sorted({o.key for o in with_rejects})
-    counts: dict[str, int] = {"files_with_rejects": len(with_rejects)}
-    examples: dict[str, Rows] = {"files with rejected rows": [file_row(o) for o in with_rejects[:50]]}
-    if keys:
-        params = {"since": since, "keys": keys}
-        for row in _rows(conn, sql.REJECT_CODE_COUNTS, params):
+def rejected_rows(conn: duckdb.DuckDBPyConnection, sample: int = 20) -> CheckFinding:
+    """WARN: newest versions of keys that have rejected rows and that no operator acknowledged; which
+    files, which codes, which rows (read from those versions' rejects only)."""
+    versions, acknowledged = _unacknowledged(newest_with_rejects(conn))
+    rows_rejected = sum(int(v["rows_rejected"]) for v in versions)  # type: ignore[call-overload]
+    counts: dict[str, int] = {
+        "files_with_rejects": len(versions),
+        "rows_rejected": rows_rejected,
+        "acknowledged_files_with_rejects": acknowledged,
+    }
+    examples: dict[str, Rows] = {
+        "files with rejected rows (oldest first)": [
+            {
+                "file": v["file_key"],
+                "rejected": v["rows_rejected"],
+                "total": v["rows_total"],
+                "ingested_at_utc": v["ingested_at"],
+                "etag": v["etag"],
+                "run": v["run_id"] or "",
+            }
+            for v in versions
+        ]
+    }
+    if versions:
+        params = {
+            "since": min(v["ingested_at"] for v in versions),  # type: ignore[type-var]
+            "keys": [v["file_key"] for v in versions],
+            "etags": [v["etag"] for v in versions],
+        }
+        for row in dict_rows(conn, sql.REJECT_CODE_COUNTS, params):
             counts[str(row["error_code"])] = int(row["n"])  # type: ignore[call-overload]
-        examples["sample of rejected rows"] = _rows(conn, sql.REJECT_SAMPLES, {**params, "limit": sample})
-    total = sum(o.rows_rejected for o in with_rejects)
-    summary = f"{total} rows rejected in {len(with_rejects)} files" if with_rejects else "no rejected rows"
-    return CheckFinding(passed=not with_rejects, summary=summary, counts=counts, examples=examples)
+        examples["sample of rejected rows"] = dict_rows(conn, sql.REJECT_SAMPLES, {**params, "limit": sample})
+    summary = (
+        f"newest file versions with rejected rows: {len(versions)} (rows rejected: {rows_rejected})"
+        if versions
+        else "no newest file version has rejected rows"
+    )
+    if acknowledged:
+        summary += f" (acknowledged and not counted: {acknowledged})"
+    return CheckFinding(passed=not versions, summary=summary, counts=counts, examples=examples)
 
 
 def row_counts_balance(conn: duckdb.DuckDBPyConnection, run_id: str, since: datetime) -> CheckFinding:
     """ERROR: rows_total = accepted + duplicate + rejected, and the stored rows match the ledger."""
-    bad = _rows(conn, sql.UNBALANCED_FILES, {"run_id": run_id, "since": since})
+    bad = dict_rows(conn, sql.UNBALANCED_FILES, {"run_id": run_id, "since": since})
     ledger_wide = int(conn.execute(sql.UNBALANCED_LEDGER_COUNT).fetchall()[0][0])
     passed = not bad and ledger_wide == 0
     summary = (
@@ -104,7 +135,9 @@ def dedup_keys_unique(
     ts_lo, ts_hi, written = conn.execute(sql.RUN_EVENT_TIME_RANGE, {"since": since}).fetchall()[0]
     if not written:
         return CheckFinding(True, "no events written by this run", counts={"events_checked_window": 0})
-    dupes = _rows(conn, sql.DUPLICATE_KEYS, {"ts_lo": ts_lo - stripe_window, "ts_hi": ts_hi + stripe_window})
+    dupes = dict_rows(
+        conn, sql.DUPLICATE_KEYS, {"ts_lo": ts_lo - stripe_window, "ts_hi": ts_hi + stripe_window}
+    )
     summary = (
         f"{len(dupes)} dedup keys stored more than once" if dupes else "dedup keys are unique"
     ) + f" (events between {ts_lo - stripe_window} and {ts_hi + stripe_window} UTC)"
@@ -154,5 +187,8 @@ def files_waiting(conn: duckdb.DuckDBPyConnection, now: datetime) -> CheckFindin
 
 def _age(now: datetime, since: datetime) -> str:
     seconds = max(0, int((now.replace(tzinfo=None) - since).total_seconds()))
-    hours, rest = divmod(seconds, 3600)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    if days:
+        return f"{days} d {hours} h"
     return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"

@@ -1,8 +1,9 @@
-"""The ledger's answers about file versions: which are done, which were attempted and why they wait."""
+"""The ledger's answers about file versions: done, waiting, failing, acknowledged."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -92,8 +93,11 @@ def record_attempt_error(
         )
 
 
-def _dicts(conn: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, object]]:
-    result = conn.execute(query)
+def dict_rows(
+    conn: duckdb.DuckDBPyConnection, query: str, params: dict[str, object] | None = None
+) -> list[dict[str, object]]:
+    """A query's rows as column name -> value."""
+    result = conn.execute(query, params)
     names = [d[0] for d in result.description or []]
     return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
@@ -102,11 +106,75 @@ def waiting_files(conn: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
     """Versions taken up by a run that have no ledger row yet, oldest first, with attempts and last error."""
     if not has_table(conn, "file_attempts"):
         return []
-    return _dicts(conn, sql.WAITING_FILES)
+    return dict_rows(conn, sql.WAITING_FILES)
 
 
-def failed_files(conn: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
-    """Keys whose newest version failed, oldest failure first."""
+def failing_keys(conn: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
+    """Keys whose newest version failed, oldest failure first, with since when and, when an operator
+    acknowledged that version, by whom and why (`acknowledged_by` is None otherwise)."""
     if not has_table(conn, "ingested_files"):
         return []
-    return _dicts(conn, sql.FAILED_FILES)
+    with _acknowledgements(conn):
+        return dict_rows(conn, sql.FAILING_KEYS)
+
+
+def newest_with_rejects(conn: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
+    """Newest versions of keys that have rejected rows, oldest first, with their acknowledgement if any."""
+    if not has_table(conn, "ingested_files"):
+        return []
+    with _acknowledgements(conn):
+        return dict_rows(conn, sql.NEWEST_WITH_REJECTS)
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """An operator's word that a file version will not be fixed: the state checks stop counting it."""
+
+    file_key: str
+    etag: str
+    status: str
+    failed_reason: str | None
+    rows_rejected: int
+    arrived_at: datetime  # naive UTC
+    acknowledged_by: str
+    acknowledged_at: datetime  # naive UTC
+    reason: str
+
+
+def acknowledge(
+    conn: duckdb.DuckDBPyConnection, file_key: str, *, by: str, reason: str, now: datetime
+) -> Acknowledgement | None:
+    """Acknowledge the newest version of `file_key` (again: the new word replaces the old one), or None
+    when the ledger has no version of that key. A newer version of the key is not covered."""
+    with transaction(conn):
+        rows = conn.execute(sql.NEWEST_VERSION_OF_KEY, {"file_key": file_key}).fetchall()
+        if not rows:
+            return None
+        ack = Acknowledgement(*rows[0], acknowledged_by=by, acknowledged_at=naive_utc(now), reason=reason)
+        version = {"file_key": ack.file_key, "etag": ack.etag}
+        conn.execute(sql.DELETE_ACKNOWLEDGEMENT, version)
+        conn.execute(
+            sql.INSERT_ACKNOWLEDGEMENT,
+            {**version, "acknowledged_by": by, "acknowledged_at": ack.acknowledged_at, "reason": reason},
+        )
+    return ack
+
+
+@contextmanager
+def _acknowledgements(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """A ledger written before acknowledgements existed, opened read-only (so not given the new table
+    yet), has none."""
+    if has_table(conn, "file_acknowledgements"):
+        yield
+        return
+    none = pl.DataFrame(
+        schema={
+            "file_key": pl.String,
+            "etag": pl.String,
+            "acknowledged_by": pl.String,
+            "acknowledged_at": pl.Datetime("us"),
+            "reason": pl.String,
+        }
+    )
+    with registered(conn, {"file_acknowledgements": none}):
+        yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +16,10 @@ from usage_pipeline.core.ingest.files import classify_file
 from usage_pipeline.core.ingest.ledger import ledgered, record_attempt_error, start_attempts
 from usage_pipeline.core.ingest.model import (
     REASON_UNREADABLE,
+    STATUS_EMPTY,
+    STATUS_FAILED,
+    STATUS_SUCCEEDED,
+    STATUS_WITH_ERRORS,
     FileVersion,
     ParsedFile,
     ValidationLimits,
@@ -23,6 +28,18 @@ from usage_pipeline.core.ingest.model import (
 from usage_pipeline.core.ingest.parse import parse_file
 from usage_pipeline.core.ingest.s3 import ObjectGone
 from usage_pipeline.core.ingest.store import FileOutcome, ledger_outcome, write_file_version
+
+FILE_ROW_COLUMNS = (
+    "file",
+    "status",
+    "reason",
+    "detail",
+    "total",
+    "accepted",
+    "duplicate",
+    "rejected",
+    "already_ingested",
+)
 
 Fetch = Callable[[FileVersion], tuple[bytes, FileVersion]]
 Describe = Callable[[BaseException], str]
@@ -39,6 +56,21 @@ class Unavailable:
 
     file: FileVersion
     error: str
+
+
+@dataclass(frozen=True)
+class FileCounts:
+    """How the files of one run ended. Versions the run found already in the ledger (a retried run) are
+    counted apart, not by their status: this run did not ingest them."""
+
+    total: int
+    failed: int
+    succeeded: int
+    with_errors: int
+    empty: int
+    unavailable: int
+    already_ingested: int
+    rows_rejected: int
 
 
 @dataclass
@@ -60,6 +92,42 @@ class IngestReport:
     @property
     def events_per_second(self) -> float:
         return self.total("rows_total") / self.seconds if self.seconds else 0.0
+
+    def file_counts(self) -> FileCounts:
+        statuses = Counter(o.status for o in self.new_outcomes)
+        return FileCounts(
+            total=len(self.outcomes) + len(self.unavailable),
+            failed=statuses[STATUS_FAILED],
+            succeeded=statuses[STATUS_SUCCEEDED],
+            with_errors=statuses[STATUS_WITH_ERRORS],
+            empty=statuses[STATUS_EMPTY],
+            unavailable=len(self.unavailable),
+            already_ingested=len(self.outcomes) - len(self.new_outcomes),
+            rows_rejected=self.total("rows_rejected"),
+        )
+
+    def file_rows(self) -> list[dict[str, object]]:
+        """One row per file of this run with its outcome (columns FILE_ROW_COLUMNS), for a UI table."""
+        rows: list[dict[str, object]] = [
+            {
+                "file": o.key,
+                "status": o.status,
+                "reason": o.failed_reason or "",
+                "detail": o.failed_detail or "",
+                "total": o.rows_total,
+                "accepted": o.rows_accepted,
+                "duplicate": o.rows_duplicate,
+                "rejected": o.rows_rejected,
+                "already_ingested": o.already_ingested,
+            }
+            for o in self.outcomes
+        ]
+        # Not read this time, so no counts: the sensor requests them again.
+        rows += [
+            {"file": u.file.key, "status": "unavailable", "detail": u.error, "already_ingested": False}
+            for u in self.unavailable
+        ]
+        return rows
 
 
 def failed_file(file: FileVersion, fmt: str | None, reason: str, detail: str) -> ParsedFile:

@@ -93,14 +93,81 @@ REJECT_CODES_OF_RUNS = """
     WHERE f.run_id IN (SELECT unnest($runs)) GROUP BY ALL ORDER BY 2 DESC
 """
 
-# Failed file versions whose key has no later version that succeeded.
-FAILED_FILES = """
-    SELECT file_key, etag, failed_reason, failed_detail, arrived_at, ingested_at, run_id
-    FROM (SELECT *, row_number() OVER (PARTITION BY file_key ORDER BY arrived_at DESC, ingested_at DESC)
-                    AS newest
-          FROM ingested_files)
-    WHERE newest = 1 AND status = 'failed'
-    ORDER BY ingested_at, file_key
+# --- the state of the ledger: the newest version of each key, and acknowledgements ----------------------
+
+# A key's newest version is the one that arrived last (then the one ingested last): it alone says whether
+# the key is in trouble now. Versions are numbered per key, 1 = newest.
+_AGE = "row_number() OVER (PARTITION BY file_key ORDER BY arrived_at DESC, ingested_at DESC)"
+
+# Keys whose newest version failed, oldest failure first. `failing_since` is when the first failed
+# version after the key's newest good one was ingested; the acknowledgement columns are NULL unless an
+# operator acknowledged that newest version.
+FAILING_KEYS = f"""
+    WITH ranked AS (
+        SELECT file_key, etag, status, failed_reason, failed_detail, arrived_at, ingested_at, run_id,
+               {_AGE} AS age
+        FROM ingested_files),
+    streaks AS (
+        SELECT *, min(age) FILTER (WHERE status <> 'failed') OVER (PARTITION BY file_key) AS newest_good
+        FROM ranked),
+    failing AS (
+        SELECT file_key, min(ingested_at) AS failing_since, count(*) AS failed_versions FROM streaks
+        WHERE age < coalesce(newest_good, 9223372036854775807)
+        GROUP BY file_key)
+    SELECT n.file_key, n.etag, n.failed_reason, n.failed_detail, n.arrived_at, n.ingested_at, n.run_id,
+           s.failing_since, s.failed_versions,
+           a.acknowledged_by, a.acknowledged_at, a.reason AS acknowledged_reason
+    FROM streaks AS n
+    JOIN failing AS s ON s.file_key = n.file_key
+    LEFT JOIN file_acknowledgements AS a ON a.file_key = n.file_key AND a.etag = n.etag
+    WHERE n.age = 1 AND n.status = 'failed'
+    ORDER BY s.failing_since, n.file_key
+"""
+
+# Newest versions that have rejected rows, oldest first, with their acknowledgement (NULL when none).
+NEWEST_WITH_REJECTS = f"""
+    SELECT n.file_key, n.etag, n.status, n.rows_total, n.rows_rejected, n.arrived_at, n.ingested_at,
+           n.run_id, a.acknowledged_by, a.acknowledged_at, a.reason AS acknowledged_reason
+    FROM (SELECT *, {_AGE} AS age FROM ingested_files) AS n
+    LEFT JOIN file_acknowledgements AS a ON a.file_key = n.file_key AND a.etag = n.etag
+    WHERE n.age = 1 AND n.rows_rejected > 0
+    ORDER BY n.ingested_at, n.file_key
+"""
+
+# The rejects of the versions ($keys[i], $etags[i]) only. A version's rejects carry its ledger row's
+# ingested_at, so `$since` (the oldest of theirs) lets DuckDB skip every older row group.
+_REJECTS_OF_VERSIONS = """
+    FROM rejected_events AS r
+    WHERE r.ingested_at >= $since
+      AND (r.source_file, r.source_etag) IN (SELECT (unnest($keys), unnest($etags)))
+"""
+
+REJECT_CODE_COUNTS = f"""
+    SELECT r.error_code, count(*) AS n {_REJECTS_OF_VERSIONS}
+    GROUP BY ALL ORDER BY n DESC, r.error_code
+"""
+
+# A few rows of each code of each version, so that every kind of problem shows in a short sample.
+REJECT_SAMPLES = f"""
+    SELECT r.source_file, r.source_row, r.error_code, r.error_message, left(r.raw_record, 200) AS raw_record
+    {_REJECTS_OF_VERSIONS}
+    QUALIFY row_number() OVER (PARTITION BY r.source_file, r.source_etag, r.error_code
+                               ORDER BY r.source_row) <= 3
+    ORDER BY r.ingested_at, r.source_file, r.source_row
+    LIMIT $limit
+"""
+
+NEWEST_VERSION_OF_KEY = f"""
+    SELECT file_key, etag, status, failed_reason, rows_rejected, arrived_at FROM ingested_files
+    WHERE file_key = $file_key
+    QUALIFY {_AGE} = 1
+"""
+
+DELETE_ACKNOWLEDGEMENT = "DELETE FROM file_acknowledgements WHERE file_key = $file_key AND etag = $etag"
+
+INSERT_ACKNOWLEDGEMENT = """
+    INSERT INTO file_acknowledgements (file_key, etag, acknowledged_by, acknowledged_at, reason)
+    VALUES ($file_key, $etag, $acknowledged_by, $acknowledged_at, $reason)
 """
 
 # The candidate batch is registered as the relation `batch`. Deduplication against history only scans
@@ -165,12 +232,6 @@ UNBALANCED_LEDGER_COUNT = """
     WHERE rows_total <> rows_accepted + rows_duplicate + rows_rejected
 """
 
-OUTSTANDING_FAILED_KEYS = """
-    SELECT count(*) FROM (
-        SELECT file_key, arg_max(status, ingested_at) AS latest FROM ingested_files GROUP BY file_key)
-    WHERE latest = 'failed'
-"""
-
 RUN_EVENT_TIME_RANGE = """
     SELECT min(ts), max(ts), count(*) FROM usage_events WHERE ingested_at >= $since
 """
@@ -189,18 +250,4 @@ DUPLICATE_KEYS = """
     HAVING count(*) > 1
     ORDER BY copies DESC, owner_id, event_id
     LIMIT 20
-"""
-
-REJECT_CODE_COUNTS = """
-    SELECT error_code, count(*) AS n FROM rejected_events
-    WHERE ingested_at >= $since AND source_file IN (SELECT unnest($keys))
-    GROUP BY ALL ORDER BY n DESC
-"""
-
-REJECT_SAMPLES = """
-    SELECT source_file, source_row, error_code, error_message, left(raw_record, 200) AS raw_record
-    FROM rejected_events
-    WHERE ingested_at >= $since AND source_file IN (SELECT unnest($keys))
-    ORDER BY source_file, source_row
-    LIMIT $limit
 """

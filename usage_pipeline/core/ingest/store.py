@@ -45,14 +45,24 @@ def describe_outcome(
     """One line for a file version: status, row counts, key, and the reason of a failure.
 
     With `counts_width`, status and counts are padded into columns, for a table of files (key last);
-    `max_detail` cuts a long failure detail.
+    `max_detail` shortens a long failure detail to that many characters, cut between words with "…".
     """
     o = outcome
     counts = (
         f"total={o.rows_total} accepted={o.rows_accepted} duplicate={o.rows_duplicate} "
         f"rejected={o.rows_rejected}"
     )
-    detail = (o.failed_detail or "")[:max_detail]
+    detail = o.failed_detail or ""
+    if max_detail is not None and len(detail) > max_detail:
+        words = " ".join(detail.split())
+        if len(words) > max_detail:
+            room = max(max_detail - 1, 0)  # one character for the "…"
+            space = words.rfind(" ", 0, room + 1)
+            # At the last word boundary that fits; a word longer than half the room (a long key or URL)
+            # is cut inside, where textwrap.shorten would drop it whole.
+            cut = words[:space] if space >= room // 2 and space > 0 else words[:room]
+            words = cut.rstrip(" ,;:") + "…"
+        detail = words
     reason = f"  {o.failed_reason}: {detail}" if o.failed_reason else ""
     if counts_width is None:
         return f"{o.status} {counts} {o.key}{reason}"

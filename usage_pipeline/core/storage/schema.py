@@ -47,6 +47,16 @@ TABLES: dict[str, str] = {
             last_run_id      VARCHAR,
             last_error       VARCHAR              -- NULL: the last attempt ended without saying why (killed?)
         )""",
+    # An operator's word that a file version will not be fixed (`usage-pipeline files --ack`): the state
+    # checks stop counting that version. A newer version of the key is judged afresh.
+    "file_acknowledgements": """
+        CREATE TABLE IF NOT EXISTS file_acknowledgements (
+            file_key        VARCHAR NOT NULL,
+            etag            VARCHAR NOT NULL,    -- the acknowledged version; one row per version
+            acknowledged_by VARCHAR NOT NULL,    -- the operator's OS user
+            acknowledged_at TIMESTAMP NOT NULL,  -- UTC
+            reason          VARCHAR NOT NULL     -- why the file will not be fixed
+        )""",
     "usage_events": """
         CREATE TABLE IF NOT EXISTS usage_events (
             event_id        VARCHAR NOT NULL,    -- Stripe identifier (or derived), Chargebee deduplication_id

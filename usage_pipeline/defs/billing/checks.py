@@ -7,7 +7,9 @@ import duckdb as duckdb_module
 
 from usage_pipeline.core.billing import sql
 from usage_pipeline.core.billing.late import find_late_usage
+from usage_pipeline.core.billing.money import format_money
 from usage_pipeline.core.catalog.model import CatalogError, load_catalog
+from usage_pipeline.core.text import plural
 from usage_pipeline.defs.metadata import check_spec_metadata, table_entries
 from usage_pipeline.defs.resources import PipelineSettings, UsageDuckDB
 
@@ -58,12 +60,15 @@ def lines_without_events_result(
         "No event arrived after its period was closed; late ones are billed only when their close date is "
         "re-run (WARN: the close dates to re-run, the money at stake)."
     ),
+    # Evaluated by every ingest (new events may be late) and by every close, after the billing step (a
+    # re-close bills the late events: its run leaves the check's fresh, passing evaluation).
+    additional_deps=[dg.AssetKey("pending_invoices")],
     blocking=False,
     metadata=check_spec_metadata("billing"),
 )
 def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheckResult:
-    # This check runs after every ingest: a broken catalog is reported here, not allowed to fail (and so
-    # retry) the ingest run; the close itself refuses a broken catalog.
+    # A broken catalog is reported here, not allowed to fail (and so retry) the ingest run; the close
+    # itself refuses a broken catalog before this check runs.
     try:
         catalog = load_catalog(settings.get().catalog_path)
     except CatalogError as exc:
@@ -83,9 +88,9 @@ def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheck
             p.period_end,
             p.late_events,
             p.currency,
-            p.invoiced_total,
-            p.rerated_total,
-            p.at_stake,
+            format_money(p.invoiced_total, p.currency),
+            format_money(p.rerated_total, p.currency),
+            format_money(p.at_stake, p.currency),
         )
         for p in report.periods
     ]
@@ -104,7 +109,10 @@ def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheck
         "late_events": report.late_events,
         "periods": len(report.periods),
         "close_dates_to_reclose": ", ".join(d.isoformat() for d in report.close_dates) or "none",
-        **{f"at_stake:{currency}": str(amount) for currency, amount in report.at_stake_by_currency.items()},
+        **{
+            f"at_stake:{currency}": format_money(amount, currency)
+            for currency, amount in report.at_stake_by_currency.items()
+        },
         **table_entries("late_periods", rows, headers),
     }
     return dg.AssetCheckResult(
@@ -114,7 +122,8 @@ def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheck
         description=(
             None
             if not rows
-            else f"{report.late_events} late events in {len(rows)} closed periods: re-close "
+            else f"{plural(report.late_events, 'late event')} in {plural(len(rows), 'closed period')}: "
+            + "re-close "
             + ", ".join(d.isoformat() for d in report.close_dates)
         ),
     )

@@ -29,6 +29,7 @@ from usage_pipeline.core.ingest.pending import (
 )
 from usage_pipeline.core.ingest.s3 import list_page
 from usage_pipeline.core.storage.connection import DuckDBBusyError, read_only
+from usage_pipeline.core.text import plural
 from usage_pipeline.defs.ingest.assets import INGEST_JOB_NAME, FileVersionConfig
 from usage_pipeline.defs.resources import HOST_TAG, PID_TAG, PipelineSettings, UsageDuckDB
 from usage_pipeline.settings import Settings
@@ -230,8 +231,8 @@ def usage_files_sensor(
     )
     files = sum(int(r.tags.get(FILES_TAG) or 0) for r in outcome.run_requests)
     context.log.info(
-        f"listed {outcome.keys_listed} keys; requesting {len(outcome.run_requests)} runs for {files} files; "
-        f"{outcome.pending} versions wait for a ledger row"
+        f"listed {plural(outcome.keys_listed, 'key')}; requesting {plural(len(outcome.run_requests), 'run')} "
+        f"for {plural(files, 'file')}; {plural(outcome.pending, 'version')} wait for a ledger row"
         + (f"; retrying the files of runs {outcome.retried_runs}" if outcome.retried_runs else "")
         + (f"; marked dead runs failed {outcome.dead_runs}" if outcome.dead_runs else "")
         + (f"; {outcome.found_again} older versions missing from the ledger" if outcome.found_again else "")

@@ -6,11 +6,13 @@ from datetime import UTC, date, datetime
 import dagster as dg
 
 from usage_pipeline.core.metering.meter import close_metering
+from usage_pipeline.core.text import plural
 from usage_pipeline.defs.catalog.assets import CATALOG_KEYS, load_catalog_or_fail
 from usage_pipeline.defs.metadata import check_spec, row_counts, table_asset_spec, table_entries
 from usage_pipeline.defs.metering.checks import usage_exceptions_result
-from usage_pipeline.defs.partitions import close_partitions
+from usage_pipeline.defs.partitions import close_partitions_for
 from usage_pipeline.defs.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
+from usage_pipeline.settings import definition_settings
 
 USAGE_EVENTS = dg.AssetKey("usage_events")
 METERING_KEYS = (dg.AssetKey("meter_usage"), dg.AssetKey("usage_exceptions"), dg.AssetKey("metered_events"))
@@ -22,29 +24,26 @@ _DESCRIPTIONS = {
 }
 
 
-@dg.multi_asset(
-    name="metering",
-    specs=[
-        table_asset_spec(
-            name,
-            deps=[USAGE_EVENTS, *CATALOG_KEYS],
-            domain="metering",
-            kinds={"duckdb"},
-            description=description,
-        )
-        for name, description in _DESCRIPTIONS.items()
-    ],
-    check_specs=[
-        check_spec(
-            "usage_exceptions_found",
-            asset="usage_exceptions",
-            domain="metering",
-            description="Every event of the close window could be metered (WARN, with counts and samples).",
-        )
-    ],
-    partitions_def=close_partitions,
-    pool="duckdb",
-)
+_SPECS = [
+    table_asset_spec(
+        name,
+        deps=[USAGE_EVENTS, *CATALOG_KEYS],
+        domain="metering",
+        kinds={"duckdb"},
+        description=description,
+    )
+    for name, description in _DESCRIPTIONS.items()
+]
+_CHECK_SPECS = [
+    check_spec(
+        "usage_exceptions_found",
+        asset="usage_exceptions",
+        domain="metering",
+        description="Every event of the close window could be metered (WARN, with counts and samples).",
+    )
+]
+
+
 def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: PipelineSettings):
     """Meter every subscription period ending on the partition's day (UTC) that is over by now, replacing
     the day's rows in one transaction. Periods ending later today are skipped and listed."""
@@ -58,7 +57,7 @@ def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: P
     seconds = round(time.perf_counter() - started, 3)
     if result.not_over:
         context.log.warning(
-            f"{len(result.not_over)} periods ending on {close_date} are not over yet: skipped"
+            f"skipped {plural(len(result.not_over), 'period')} ending on {close_date}: not over yet"
         )
     common: dict[str, dg.RawMetadataValue] = {
         "close_date": close_date.isoformat(),
@@ -89,3 +88,14 @@ def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: P
         metadata={**common, "events_metered": result.events_metered, **counts["metered_events"]},
     )
     yield check
+
+
+@dg.definitions
+def metering_definitions() -> dg.Definitions:
+    """The close partitions follow the settings (USAGE_CLOSE_START, the catalog), so the asset is built
+    with the settings being loaded."""
+    partitions = close_partitions_for(definition_settings())
+    asset = dg.multi_asset(
+        name="metering", specs=_SPECS, check_specs=_CHECK_SPECS, partitions_def=partitions, pool="duckdb"
+    )(metering)
+    return dg.Definitions(assets=[asset])

@@ -6,6 +6,7 @@ import dagster as dg
 import duckdb as duckdb_module
 
 from usage_pipeline.core.metering import sql
+from usage_pipeline.core.text import plural
 from usage_pipeline.defs.metadata import table_entries
 
 SAMPLES_PER_CODE = 5
@@ -34,5 +35,7 @@ def usage_exceptions_result(conn: duckdb_module.DuckDBPyConnection, close_date: 
         passed=total == 0,
         severity=dg.AssetCheckSeverity.WARN,
         metadata=metadata,
-        description=None if total == 0 else f"{total} events could not be (fully) metered; see samples",
+        description=None
+        if total == 0
+        else f"{plural(total, 'event')} could not be (fully) metered; see samples",
     )
