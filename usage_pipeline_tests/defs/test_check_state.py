@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from usage_pipeline.cli.ingest import acknowledge_file
 from usage_pipeline.cli.main import main
-from usage_pipeline.core.ingest.runner import FileCounts
+from usage_pipeline.core.ingest.runner import FileCounts, describe_run
 from usage_pipeline.definitions import build_definitions
-from usage_pipeline.defs.ingest.assets import INGEST_JOB_NAME, describe_run
+from usage_pipeline.defs.ingest.assets import INGEST_JOB_NAME
 from usage_pipeline.settings import Settings
 from usage_pipeline_tests.cli.test_cli_processes import cli_env
 from usage_pipeline_tests.conftest import now_s, put

@@ -28,6 +28,7 @@ from usage_pipeline.core.ingest.model import (
 from usage_pipeline.core.ingest.parse import parse_file
 from usage_pipeline.core.ingest.s3 import ObjectGone
 from usage_pipeline.core.ingest.store import FileOutcome, ledger_outcome, write_file_version
+from usage_pipeline.core.text import plural
 
 FILE_ROW_COLUMNS = (
     "file",
@@ -71,6 +72,26 @@ class FileCounts:
     unavailable: int
     already_ingested: int
     rows_rejected: int
+
+
+def describe_run(counts: FileCounts) -> str:
+    """How the run's files ended, in one sentence: "2 of 3 files failed; 1 file ingested"."""
+    if not counts.total:
+        return "no files in this run"
+    of_all = f"of {plural(counts.total, 'file')}"
+    parts = []
+    if counts.failed:
+        parts.append(f"{counts.failed} {of_all} failed")
+    if counts.unavailable:
+        parts.append(f"{counts.unavailable} {of_all} could not be read and will be retried")
+    ingested = counts.succeeded + counts.with_errors + counts.empty
+    if ingested:
+        extras = [f"{counts.with_errors} with rejected rows"] if counts.with_errors else []
+        extras += [f"{counts.empty} empty"] if counts.empty else []
+        parts.append(", ".join([f"{plural(ingested, 'file')} ingested", *extras]))
+    if counts.already_ingested:
+        parts.append(f"{plural(counts.already_ingested, 'file')} already ingested by an earlier run")
+    return "; ".join(parts)
 
 
 @dataclass

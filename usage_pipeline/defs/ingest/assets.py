@@ -16,6 +16,7 @@ from usage_pipeline.core.ingest.runner import (
     IngestReport,
     Unavailable,
     describe_briefly,
+    describe_run,
     ingest_files,
 )
 from usage_pipeline.core.ingest.s3 import read_version
@@ -128,26 +129,6 @@ def _named_counts(counts: FileCounts) -> dict[str, int]:
 def _run_tags(counts: FileCounts) -> dict[str, str]:
     """The counts as run tags (`usage_pipeline/files_failed`, …): the Runs list can be filtered by them."""
     return {f"{RUN_TAG_PREFIX}{name}": str(value) for name, value in _named_counts(counts).items()}
-
-
-def describe_run(counts: FileCounts) -> str:
-    """How the run's files ended, in one sentence: "2 of 3 files failed; 1 file ingested"."""
-    if not counts.total:
-        return "no files in this run"
-    of_all = f"of {plural(counts.total, 'file')}"
-    parts = []
-    if counts.failed:
-        parts.append(f"{counts.failed} {of_all} failed")
-    if counts.unavailable:
-        parts.append(f"{counts.unavailable} {of_all} could not be read and will be retried")
-    ingested = counts.succeeded + counts.with_errors + counts.empty
-    if ingested:
-        extras = [f"{counts.with_errors} with rejected rows"] if counts.with_errors else []
-        extras += [f"{counts.empty} empty"] if counts.empty else []
-        parts.append(", ".join([f"{plural(ingested, 'file')} ingested", *extras]))
-    if counts.already_ingested:
-        parts.append(f"{plural(counts.already_ingested, 'file')} already ingested by an earlier run")
-    return "; ".join(parts)
 
 
 def _materialization_metadata(report: IngestReport, counts: FileCounts, summary: str) -> dict[str, object]:
