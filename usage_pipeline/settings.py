@@ -13,6 +13,8 @@ from pydantic import AliasChoices, Field, TypeAdapter, ValidationError, field_va
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from usage_pipeline.core.storage.lake import Lake
+
 BUNDLED_CATALOG = Path(__file__).parent / "core" / "catalog" / "example.yaml"
 
 _DURATION = TypeAdapter(timedelta)
@@ -49,7 +51,12 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, validation_alias=AliasChoices("s3_endpoint_url", "AWS_ENDPOINT_URL_S3")
     )
-    duckdb_path: str = "data/usage.duckdb"
+    # The DuckLake lake (SPEC 5): its metadata catalog and where its Parquet files go.
+    lake: str = "sqlite:data/usage.sqlite"
+    lake_data: str = "data/lake/"
+    # How long lake snapshots are kept for audits before lake maintenance expires them (a year of
+    # invoices and their re-closes, with room to spare).
+    lake_retention: timedelta = timedelta(days=400)
     catalog_path: str = str(BUNDLED_CATALOG)
     max_file_bytes: int = Field(default=1 << 30, gt=0)
     max_event_age: timedelta = timedelta(days=35)
@@ -65,8 +72,8 @@ class Settings(BaseSettings):
     tick_list_seconds: float = Field(default=30.0, gt=0)
     # How far back a listing pass re-examines LastModified (covers clock skew and same-second uploads).
     listing_overlap: timedelta = timedelta(minutes=15)
-    # How long a writer waits for the DuckDB file lock held by another process.
-    duckdb_lock_timeout: timedelta = timedelta(minutes=10)
+    # How long a writer waits for a busy lake catalog (another writer's turn, commit conflicts).
+    lake_busy_timeout: timedelta = timedelta(minutes=10)
     # Stripe identifiers: how far outside a batch's event-time range stored twins are looked for.
     stripe_dedup_window: timedelta = timedelta(hours=24)
     # A listed file version with no ledger row is requested again after base * 2**(attempts - 1), capped.
@@ -80,7 +87,8 @@ class Settings(BaseSettings):
         "max_future_skew",
         "close_grace",
         "listing_overlap",
-        "duckdb_lock_timeout",
+        "lake_busy_timeout",
+        "lake_retention",
         "stripe_dedup_window",
         "retry_backoff",
         "retry_backoff_max",
@@ -89,6 +97,12 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, value: object) -> timedelta:
         return parse_duration(value)  # type: ignore[arg-type]
+
+    @field_validator("lake")
+    @classmethod
+    def _lake(cls, value: str) -> str:
+        Lake(catalog=value)  # raises with the accepted forms
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -100,6 +114,21 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)  # the environment is read by load_settings() only
+
+
+def lake_of(settings: Settings) -> Lake:
+    """The lake the settings name, with the S3 access of the usage bucket for an s3:// data path."""
+    secret: dict[str, str] = {}
+    if settings.lake_data.startswith("s3://"):
+        from usage_pipeline.core.storage.s3_secret import httpfs_secret
+
+        secret = httpfs_secret(settings.s3_endpoint_url)
+    return Lake(
+        catalog=settings.lake,
+        data_path=settings.lake_data,
+        busy_timeout_seconds=settings.lake_busy_timeout.total_seconds(),
+        s3_secret=secret,
+    )
 
 
 class _Environment(EnvSettingsSource):

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real S3 server on loopback, a temporary DuckDB file and a Dagster test instance."""
+"""Shared fixtures: a real S3 server on loopback, a temporary lake and a Dagster test instance."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import dagster as dg
 import pytest
 
 from usage_pipeline.cli.local_s3 import local_s3, s3_client
-from usage_pipeline.settings import Settings
+from usage_pipeline.core.storage.lake import Lake, connect, read_only
+from usage_pipeline.settings import Settings, lake_of
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +40,35 @@ def settings(tmp_path: Path, bucket: str, s3_endpoint: str) -> Settings:
         bucket=bucket,
         prefix="incoming/",
         s3_endpoint_url=s3_endpoint,
-        duckdb_path=str(tmp_path / "usage.duckdb"),
-        duckdb_lock_timeout=120,
+        lake=f"sqlite:{tmp_path / 'usage.sqlite'}",
+        lake_data=str(tmp_path / "lake"),
+        lake_busy_timeout=120,
     )
+
+
+def tmp_lake(folder: Path) -> Lake:
+    """A lake of its own in `folder`: SQLite catalog, Parquet files beside it."""
+    return Lake(
+        catalog=f"sqlite:{folder / 'usage.sqlite'}", data_path=str(folder / "lake"), busy_timeout_seconds=120
+    )
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lake:
+    return tmp_lake(tmp_path)
+
+
+@pytest.fixture
+def lake_conn(lake: Lake):
+    """A writing connection to a fresh lake (schema created): the real storage the pipeline uses."""
+    with connect(lake) as conn:
+        yield conn
+
+
+def lake_rows(settings: Settings, query: str, params: object = None) -> list[tuple]:
+    """A read-only query on the settings' lake, as an analyst would run it; [] when it was never created."""
+    with read_only(lake_of(settings)) as conn:
+        return [] if conn is None else conn.execute(query, params).fetchall()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from usage_pipeline.cli.local_s3 import LOCAL_CREDENTIALS, local_s3
 from usage_pipeline.core.ingest.model import FileVersion, ValidationLimits
 from usage_pipeline.core.ingest.runner import ingest_files
 from usage_pipeline.core.ingest.s3 import list_page, read_version
-from usage_pipeline.core.storage.connection import connect, registered, transaction
+from usage_pipeline.core.storage.lake import Lake, connect, registered, transaction
 
 BUCKET = "usage-bench"
 LIMITS = ValidationLimits()
@@ -41,6 +41,10 @@ class Timing:
         )
 
 
+def _lake(path: Path) -> Lake:
+    return Lake(catalog=f"sqlite:{path}", data_path=f"{path}.files/")
+
+
 def _fresh(db: Path) -> Path:
     """`db`, with the database file and its WAL of an earlier benchmark removed."""
     for suffix in ("", ".wal"):
@@ -52,7 +56,7 @@ def _floor(client, files: list[FileVersion], db: Path) -> Timing:
     """S3 GET + polars.read_csv + a plain DuckDB insert and commit: no validation, no dedup."""
     events = 0
     started = time.perf_counter()
-    with connect(str(db)) as conn:
+    with connect(_lake(db)) as conn:
         for file in files:
             data = client.get_object(Bucket=BUCKET, Key=file.key)["Body"].read()
             frame = pl.read_csv(data, infer_schema=False)  # as text, exactly as the ingest reads it
@@ -67,7 +71,7 @@ def _floor(client, files: list[FileVersion], db: Path) -> Timing:
 
 def _ingest(client, files: list[FileVersion], db: Path, label: str) -> Timing:
     started = time.perf_counter()
-    with connect(str(db)) as conn:
+    with connect(_lake(db)) as conn:
         report = ingest_files(
             files,
             fetch=lambda f: read_version(client, BUCKET, f),
@@ -83,7 +87,7 @@ def _ingest(client, files: list[FileVersion], db: Path, label: str) -> Timing:
 def _settle(path: Path) -> None:
     """Checkpoint and flush to disk, so the next measurement does not pay for the OS writing back a
     just-written file (what made a plain insert look 2.5x slower at 50M rows)."""
-    with connect(str(path)) as conn:
+    with connect(_lake(path)) as conn:
         conn.execute("CHECKPOINT")
     os.sync()
 
@@ -91,7 +95,7 @@ def _settle(path: Path) -> None:
 def _build_history(db: Path, stored: int, before: datetime) -> None:
     """`stored` Stripe events over the year before `before`, inserted in time order as real ingestion does."""
     span = 365 * 24 * 3600 * 1000
-    with connect(str(db)) as conn:
+    with connect(_lake(db)) as conn:
         conn.execute(
             f"""INSERT INTO usage_events
                 SELECT 'h' || i, 'stripe', 'api_call', 'cus_' || (i % 5000), NULL,

@@ -11,8 +11,8 @@ from usage_pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from usage_pipeline.cli.launch import launch_in_process
 from usage_pipeline.core.billing import sql
 from usage_pipeline.core.billing.money import format_money
-from usage_pipeline.core.storage.connection import connect
-from usage_pipeline.settings import Settings
+from usage_pipeline.core.storage.lake import read_only
+from usage_pipeline.settings import Settings, lake_of
 
 CLOSE_JOB_NAME = "period_close"
 
@@ -31,7 +31,9 @@ def run_close(instance: dg.DagsterInstance, defs: dg.Definitions, day: date) -> 
 
 
 def invoices_of(settings: Settings, day: date) -> list[tuple]:
-    with connect(settings.duckdb_path, settings.duckdb_lock_timeout.total_seconds()) as conn:
+    with read_only(lake_of(settings)) as conn:
+        if conn is None:
+            return []
         return conn.execute(sql.PENDING_INVOICES_OF_DAY, {"day": day}).fetchall()
 
 

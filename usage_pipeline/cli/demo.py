@@ -6,18 +6,18 @@ import time
 from datetime import UTC, date, datetime
 
 import click
-import duckdb
 
 from usage_pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK
 from usage_pipeline.core.billing import sql as billing_sql
 from usage_pipeline.core.ingest import sql as ingest_sql
 from usage_pipeline.core.ingest.store import FileOutcome, describe_outcome
-from usage_pipeline.settings import Settings
+from usage_pipeline.core.storage.lake import read_only
+from usage_pipeline.settings import Settings, lake_of
 
 
 def _query(settings: Settings, statement: str, parameters: dict[str, object]) -> list[tuple]:
-    with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
-        return conn.execute(statement, parameters).fetchall()
+    with read_only(lake_of(settings)) as conn:
+        return [] if conn is None else conn.execute(statement, parameters).fetchall()
 
 
 def _print_files(settings: Settings, versions: list[tuple[str, str]], run_ids: list[str]) -> None:
@@ -89,9 +89,9 @@ def run_demo(settings: Settings) -> int:
         _print_lineage(settings, today)
 
     click.echo(
-        f"\nDone in {time.perf_counter() - started:.1f} s. DuckDB: {settings.duckdb_path} "
-        f"(tables ingested_files, usage_events, rejected_events, meter_usage, invoice_line_items, "
+        f"\nDone in {time.perf_counter() - started:.1f} s. Lake: {lake_of(settings).describe()}, data in "
+        f"{settings.lake_data} (tables ingested_files, usage_events, rejected_events, meter_usage, invoice_line_items, "
         f"pending_invoices; view line_item_events). Dagster runs: {instance.root_directory} "
-        "— see them with `usage-pipeline dev`."
+        "— see them with `usage-pipeline dev`; query the lake with `usage-pipeline sql`."
     )
     return EXIT_OK if close.success and not result.failed_runs else EXIT_FAILED

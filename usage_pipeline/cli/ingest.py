@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,10 +27,10 @@ from usage_pipeline.core.ingest.model import STATUS_FAILED, FileVersion
 from usage_pipeline.core.ingest.pending import PendingVersion, pending_versions
 from usage_pipeline.core.ingest.s3 import s3_client
 from usage_pipeline.core.ingest.store import FileOutcome
-from usage_pipeline.core.storage.connection import DuckDBBusyError, connect, read_only
+from usage_pipeline.core.storage.lake import LakeBusyError, connect, read_only
 from usage_pipeline.defs.ingest.assets import INGEST_JOB_NAME, FileVersionConfig
 from usage_pipeline.defs.ingest.sensors import RUN_KEY_TAG, SENSOR_NAME, evaluate_sensor
-from usage_pipeline.settings import Settings
+from usage_pipeline.settings import Settings, lake_of
 
 CLI_CURSOR_KEY = "usage_pipeline/cli_sensor_cursor"
 
@@ -96,14 +97,18 @@ def _collect(
     if not requested:
         return
     # After a failed run the store may be what failed: look, but do not wait for it all over again.
-    wait = settings.duckdb_lock_timeout.total_seconds()
+    lake = lake_of(settings)
+    if result.failed_runs:
+        lake = dataclasses.replace(lake, busy_timeout_seconds=min(lake.busy_timeout_seconds, 5.0))
     try:
-        with connect(settings.duckdb_path, min(wait, 5.0) if result.failed_runs else wait) as conn:
+        with read_only(lake) as conn:
+            if conn is None:
+                raise LakeBusyError(f"the lake {lake.describe()} was never created")
             rows = conn.execute(sql.OUTCOMES_OF_RUNS, {"runs": run_ids}).fetchall()
             result.outcomes = [FileOutcome(*row) for row in rows]
             done = ledgered(conn, requested)
             attempts = attempts_of(conn, requested)
-    except DuckDBBusyError as exc:
+    except LakeBusyError as exc:
         result.store_busy = True
         result.waiting = [Waiting(f.key, 0, str(exc)) for f in requested]
         return
@@ -130,13 +135,13 @@ def run_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, settings: Set
     killed process left undone is found again next time because the ledger does not have it.
     """
     lock_path = Path(instance.root_directory) / "usage_pipeline_ingest.lock"
-    lock = FileLock(str(lock_path), timeout=settings.duckdb_lock_timeout.total_seconds())
+    lock = FileLock(str(lock_path), timeout=settings.lake_busy_timeout.total_seconds())
     try:
         lock.acquire()
     except Timeout as exc:
         raise IngestBusyError(
             f"another `usage-pipeline ingest` has held {lock_path} for over "
-            f"{settings.duckdb_lock_timeout.total_seconds():.0f} s; giving up (USAGE_DUCKDB_LOCK_TIMEOUT)"
+            f"{settings.lake_busy_timeout.total_seconds():.0f} s; giving up (USAGE_LAKE_BUSY_TIMEOUT)"
         ) from exc
     try:
         result = IngestResult()
@@ -183,7 +188,7 @@ def list_files(instance: dg.DagsterInstance, settings: Settings) -> FilesReport:
         instance.run_storage.get_cursor_values({CLI_CURSOR_KEY}).get(CLI_CURSOR_KEY)
     )
     pending = list(pending_versions(cursor).values())
-    with read_only(settings.duckdb_path, settings.duckdb_lock_timeout.total_seconds()) as conn:
+    with read_only(lake_of(settings)) as conn:
         if conn is None:
             report.pending_requests = pending
             return report
@@ -209,7 +214,8 @@ def acknowledge_file(
 ) -> Acknowledgement | None:
     """`files --ack`: the newest version of `key` will not be fixed, says `by` (the OS user) now; the state
     checks stop counting that version. None when the ledger has no version of `key`."""
-    if settings.duckdb_path != ":memory:" and not Path(settings.duckdb_path).exists():
+    lake = lake_of(settings)
+    if not lake.exists():
         return None
-    with connect(settings.duckdb_path, settings.duckdb_lock_timeout.total_seconds()) as conn:
+    with connect(lake) as conn:
         return acknowledge(conn, key, by=by or operator_name(), reason=reason, now=datetime.now(UTC))

@@ -236,13 +236,17 @@ def workspace_yaml() -> str:
 def _dagster_dev(port: int) -> None:
     """`dg dev` from inside DAGSTER_HOME, so that Dagster reads the instance config there (a
     dagster.yaml in the working folder that is not DAGSTER_HOME draws a warning), with every relative
-    path resolved against this folder first: the DuckDB file and the catalog stay where the CLI puts them."""
+    path resolved against this folder first: the lake and the catalog stay where the CLI puts them."""
     project = Path.cwd()
     env = os.environ.copy()
-    for var, default in (("USAGE_DUCKDB_PATH", "data/usage.duckdb"), ("USAGE_CATALOG_PATH", "")):
+    for var, default in (("USAGE_LAKE_DATA", "data/lake/"), ("USAGE_CATALOG_PATH", "")):
         value = env.get(var) or default
-        if value and not Path(value).is_absolute():
+        if value and "://" not in value and not Path(value).is_absolute():
             env[var] = str(project / value)
+    lake = env.get("USAGE_LAKE") or "sqlite:data/usage.sqlite"
+    kind, _, location = lake.partition(":")
+    if kind in ("sqlite", "duckdb") and not Path(location).is_absolute():
+        env["USAGE_LAKE"] = f"{kind}:{project / location}"
     workspace = project / "workspace.yaml"
     if not workspace.exists():
         # Outside a checkout: a workspace naming the location as the CLI's runs do (cli/launch.py), so

@@ -168,20 +168,28 @@ def _describe_s3(exc: BaseException, settings: Settings) -> str | None:
     return None
 
 
-def _describe_duckdb(exc: BaseException, settings: Settings) -> str | None:
-    if not isinstance(exc, duckdb.IOException):
+def _describe_lake(exc: BaseException, settings: Settings) -> str | None:
+    from usage_pipeline.core.storage.lake import Lake, LakeBusyError, LakeConfigError
+
+    if isinstance(exc, LakeBusyError | LakeConfigError):
+        return f"{exc}"
+    if not isinstance(exc, duckdb.IOException | duckdb.BinderException | duckdb.CatalogException):
         return None
     text = str(exc)
-    if "lock" in text.lower():
-        path = re.search(r'file "([^"]+)"', text)
-        pid = re.search(r"\(PID (\d+)\)", text)
-        return (
-            f"DuckDB: the file {path.group(1) if path else settings.duckdb_path} is locked by another "
-            f"process{f' (PID {pid.group(1)})' if pid else ''} (another ingest, close or analyst session? "
-            "wait for it to finish, or raise USAGE_DUCKDB_LOCK_TIMEOUT)"
-        )
+    lowered = text.lower()
+    if not any(word in lowered for word in ("ducklake", "data_path", "sqlite", "postgres", "catalog")):
+        return None
+    try:
+        where = Lake(catalog=settings.lake).describe()
+    except ValueError:
+        where = settings.lake
     first = text.splitlines()[0] if text else type(exc).__name__
-    return f"DuckDB: {first} (check USAGE_DUCKDB_PATH: {settings.duckdb_path})"
+    if "data_path" in lowered:
+        return (
+            f"DuckLake: {first} (the catalog {where} keeps its data elsewhere: check USAGE_LAKE_DATA="
+            f"{settings.lake_data} against USAGE_LAKE)"
+        )
+    return f"DuckLake: {first} (check USAGE_LAKE={where} and USAGE_LAKE_DATA={settings.lake_data})"
 
 
 def _describe_catalog(exc: BaseException, settings: Settings) -> str | None:
@@ -214,7 +222,7 @@ def describe_infrastructure_error(exc: BaseException, settings: Settings | None 
     for error in _chain(exc):
         if isinstance(error, ConfigError):
             return f"configuration: {error}"
-        for describe in (_describe_s3, _describe_duckdb, _describe_catalog):
+        for describe in (_describe_s3, _describe_lake, _describe_catalog):
             line = describe(error, settings)
             if line:
                 return " ".join(line.split())  # one line, whatever the service's message held

@@ -1,4 +1,4 @@
-"""Dagster resources: thin wrappers that hand plain code an S3 client, a DuckDB connection and settings."""
+"""Dagster resources: thin wrappers that hand plain code an S3 client, a lake connection and settings."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ from typing import Any
 import dagster as dg
 import duckdb
 from dagster_aws.s3 import S3Resource
-from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
 from usage_pipeline.core.ingest.s3 import s3_client
-from usage_pipeline.core.storage.connection import Log, connect
-from usage_pipeline.settings import Settings
+from usage_pipeline.core.storage.lake import Lake, Log, connect, read_only
+from usage_pipeline.settings import Settings, lake_of
 
 # The host and process a run executes in: a run whose process is gone is failed and its pool slot freed.
 HOST_TAG = "usage_pipeline/host"
@@ -27,12 +26,34 @@ def process_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
-class UsageDuckDB(DuckDBResource):
-    """The pipeline's DuckDB file. Waits for another writer's lock instead of failing at once, and says
-    in the step's log that it waits, on what, and for how long."""
+class UsageLake(dg.ConfigurableResource):
+    """The pipeline's DuckLake lake (catalog + data path). A writer that finds the catalog busy waits
+    instead of failing at once, and says in the step's log that it waits, on what, and for how long."""
 
-    lock_timeout_seconds: float = 600.0
+    catalog: str = Field(description="USAGE_LAKE: sqlite:PATH, postgres:<connection string> or duckdb:PATH")
+    data_path: str = Field(description="USAGE_LAKE_DATA: a folder or s3://bucket/prefix/")
+    busy_timeout_seconds: float = Field(default=600.0, description="USAGE_LAKE_BUSY_TIMEOUT in seconds")
+    s3_endpoint_url: str | None = Field(default=None, description="AWS_ENDPOINT_URL_S3, for s3:// data")
     _log: Log | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UsageLake:
+        return cls(
+            catalog=settings.lake,
+            data_path=settings.lake_data,
+            busy_timeout_seconds=settings.lake_busy_timeout.total_seconds(),
+            s3_endpoint_url=settings.s3_endpoint_url,
+        )
+
+    def lake(self) -> Lake:
+        return lake_of(
+            Settings(
+                lake=self.catalog,
+                lake_data=self.data_path,
+                lake_busy_timeout=self.busy_timeout_seconds,
+                s3_endpoint_url=self.s3_endpoint_url,
+            )
+        )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # Every run that touches the store says where it runs, so that a killed one can be recognised.
@@ -45,13 +66,20 @@ class UsageDuckDB(DuckDBResource):
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with connect(self.database, self.lock_timeout_seconds, log=self._log) as conn:
+        """A writing connection, the schema ensured."""
+        with connect(self.lake(), log=self._log) as conn:
+            yield conn
+
+    @contextmanager
+    def read_only(self) -> Iterator[duckdb.DuckDBPyConnection | None]:
+        """A read-only connection (never blocks a writer), or None when nothing was ever written."""
+        with read_only(self.lake()) as conn:
             yield conn
 
 
 class PipelineSettings(dg.ConfigurableResource):
     """The settings of SPEC section 8 as the UI shows them (durations as ISO 8601); `get()` returns the
-    typed object. The S3 endpoint and the DuckDB file live in the `s3` and `duckdb` resources."""
+    typed object. The S3 endpoint and the lake live in the `s3` and `lake` resources."""
 
     bucket: str
     prefix: str
@@ -121,14 +149,12 @@ class PipelineS3Resource(S3Resource):
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
-    """The one place where the environment picks the S3 endpoint (local server or AWS) and the DuckDB file."""
+    """The one place where the environment picks the S3 endpoint (local server or AWS) and the lake."""
     return {
         # endpoint_url None = boto3's own resolution (AWS, or AWS_ENDPOINT_URL_S3 when set).
         "s3": PipelineS3Resource(
             endpoint_url=settings.s3_endpoint_url, max_attempts=settings.s3_max_attempts
         ),
-        "duckdb": UsageDuckDB(
-            database=settings.duckdb_path, lock_timeout_seconds=settings.duckdb_lock_timeout.total_seconds()
-        ),
+        "lake": UsageLake.from_settings(settings),
         "settings": PipelineSettings.from_settings(settings),
     }

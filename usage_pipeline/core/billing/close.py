@@ -14,7 +14,7 @@ from usage_pipeline.core.billing import sql
 from usage_pipeline.core.billing.pricing import rate
 from usage_pipeline.core.catalog.model import Catalog
 from usage_pipeline.core.catalog.publish import catalog_relations
-from usage_pipeline.core.storage.connection import registered, transaction
+from usage_pipeline.core.storage.lake import registered, transact
 from usage_pipeline.core.storage.values import QUANTITY_TYPE, naive_utc
 
 AMOUNT_TYPE = pa.decimal128(38, 4)
@@ -95,7 +95,8 @@ def close_billing(
     """Rate the stored closed periods and meter usage of `close_date` into invoice_line_items and
     pending_invoices, replacing the date's previous rows in one transaction."""
     now = now or datetime.now(UTC)
-    with transaction(conn):
+
+    def bill() -> tuple[int, tuple[CurrencyTotal, ...]]:
         conn.execute(sql.CREATE_STORED_PERIODS, {"close_date": close_date})
         conn.execute(sql.CREATE_STORED_USAGE, {"close_date": close_date})
         rate_periods(conn, catalog, "rt_stored_periods", "rt_stored_usage")
@@ -106,6 +107,9 @@ def close_billing(
             for currency, total, invoices, lines in conn.execute(sql.TOTALS_BY_CURRENCY).fetchall()
         )
         drop_workspace(conn)
+        return periods, totals
+
+    periods, totals = transact(conn, bill, what=f"billing {close_date}")
     return BillingResult(
         close_date=close_date,
         periods=int(periods),

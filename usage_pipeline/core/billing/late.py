@@ -13,7 +13,7 @@ from usage_pipeline.core.billing.close import rate_periods
 from usage_pipeline.core.billing.money import round_money
 from usage_pipeline.core.catalog.model import Catalog
 from usage_pipeline.core.metering.meter import compute_metering
-from usage_pipeline.core.storage.connection import scratch
+from usage_pipeline.core.storage.lake import scratch
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import duckdb
 import pyarrow as pa
 
 from usage_pipeline.core.catalog.model import Catalog, Price
-from usage_pipeline.core.storage.connection import registered, transaction
+from usage_pipeline.core.storage.lake import registered, transact
 from usage_pipeline.core.storage.values import QUANTITY_TYPE, TIMESTAMP_TYPE
 
 # table -> its columns, in the order of storage.schema (the names are the contract).
@@ -137,9 +137,13 @@ def publish_catalog(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> dict[s
     """Replace the four catalog tables with `catalog` in one transaction; returns rows per table."""
     tables = catalog_tables(catalog)
     staged = {f"staged_{name}": table for name, table in tables.items()}
-    with registered(conn, staged), transaction(conn):
+
+    def replace() -> None:
         for name in tables:
             columns = ", ".join(CATALOG_COLUMNS[name])
             conn.execute(f"DELETE FROM {name}")
             conn.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM staged_{name}")
+
+    with registered(conn, staged):
+        transact(conn, replace, what="publishing the catalog")
     return {name: table.num_rows for name, table in tables.items()}

@@ -12,7 +12,7 @@ import polars as pl
 
 from usage_pipeline.core.ingest import sql
 from usage_pipeline.core.ingest.model import FileVersion
-from usage_pipeline.core.storage.connection import has_table, registered, transaction
+from usage_pipeline.core.storage.lake import has_table, registered, transact
 from usage_pipeline.core.storage.values import naive_utc
 
 Version = tuple[str, str]  # (file_key, etag)
@@ -73,7 +73,8 @@ def start_attempts(
     asked = _asked(files)
     if asked.is_empty():
         return
-    with registered(conn, {"asked": asked}), transaction(conn):
+
+    def count() -> None:
         next_attempts = conn.sql(
             sql.NEXT_ATTEMPTS, params={"now": naive_utc(now), "run_id": run_id}
         ).to_arrow_table()
@@ -81,16 +82,16 @@ def start_attempts(
         with registered(conn, {"next_attempts": next_attempts}):
             conn.execute(sql.INSERT_ATTEMPTS)
 
+    with registered(conn, {"asked": asked}):
+        transact(conn, count, what="counting attempts")
+
 
 def record_attempt_error(
     conn: duckdb.DuckDBPyConnection, file: FileVersion, run_id: str | None, error: str
 ) -> None:
     """Why this attempt at a version did not end in a ledger row; the version will be retried."""
-    with transaction(conn):
-        conn.execute(
-            sql.RECORD_ATTEMPT_ERROR,
-            {"file_key": file.key, "etag": file.etag, "run_id": run_id, "error": error},
-        )
+    params = {"file_key": file.key, "etag": file.etag, "run_id": run_id, "error": error}
+    transact(conn, lambda: conn.execute(sql.RECORD_ATTEMPT_ERROR, params), what="recording an error")
 
 
 def dict_rows(
@@ -146,7 +147,8 @@ def acknowledge(
 ) -> Acknowledgement | None:
     """Acknowledge the newest version of `file_key` (again: the new word replaces the old one), or None
     when the ledger has no version of that key. A newer version of the key is not covered."""
-    with transaction(conn):
+
+    def record() -> Acknowledgement | None:
         rows = conn.execute(sql.NEWEST_VERSION_OF_KEY, {"file_key": file_key}).fetchall()
         if not rows:
             return None
@@ -157,7 +159,9 @@ def acknowledge(
             sql.INSERT_ACKNOWLEDGEMENT,
             {**version, "acknowledged_by": by, "acknowledged_at": ack.acknowledged_at, "reason": reason},
         )
-    return ack
+        return ack
+
+    return transact(conn, record, what=f"acknowledging {file_key}")
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from usage_pipeline.core.ingest.model import (
     STATUS_WITH_ERRORS,
     ParsedFile,
 )
-from usage_pipeline.core.storage.connection import registered, transaction
+from usage_pipeline.core.storage.lake import registered, transact
 from usage_pipeline.core.storage.values import naive_utc
 
 STATUS_WIDTH = len(STATUS_WITH_ERRORS) + 1  # the longest status, and a space
@@ -123,7 +123,8 @@ def write_file_version(
     """
     file = parsed.file
     ingested_at = naive_utc(now or datetime.now(UTC))
-    with transaction(conn):
+
+    def write() -> FileOutcome:
         existing = ledger_outcome(conn, file.key, file.etag)
         if existing is not None:
             conn.execute(sql.DELETE_ATTEMPT, {"file_key": file.key, "etag": file.etag})
@@ -169,4 +170,6 @@ def write_file_version(
         )
         # The version has its ledger row, so it no longer waits: both in one transaction.
         conn.execute(sql.DELETE_ATTEMPT, {"file_key": file.key, "etag": file.etag})
-    return outcome
+        return outcome
+
+    return transact(conn, write, what=f"writing {file.key}")

@@ -16,7 +16,7 @@ from usage_pipeline.core.catalog.model import Catalog, Meter
 from usage_pipeline.core.catalog.periods import periods_ending_on
 from usage_pipeline.core.catalog.publish import catalog_relations
 from usage_pipeline.core.metering import sql
-from usage_pipeline.core.storage.connection import registered, transaction
+from usage_pipeline.core.storage.lake import registered, transact
 from usage_pipeline.core.storage.values import TIMESTAMP_TYPE, naive_utc
 
 
@@ -223,13 +223,17 @@ def close_metering(
     the date's previous rows in one transaction (re-running is safe)."""
     now = now or datetime.now(UTC)
     plan = plan_close(catalog, close_date, now)
-    with transaction(conn):
+
+    def meter() -> tuple[object, dict[str, int], int, int]:
         with registered(conn, {"mt_plan": periods_table(plan.periods)}):
             window = compute_metering(conn, catalog, "mt_plan")
         write_metering(conn, close_date, now, run_id)
         exceptions = dict(conn.execute(sql.EXCEPTION_COUNTS).fetchall())
         usage_rows, events = conn.execute(sql.USAGE_TOTALS).fetchall()[0]
         drop_workspace(conn)
+        return window, exceptions, usage_rows, events
+
+    window, exceptions, usage_rows, events = transact(conn, meter, what=f"metering {close_date}")
     return MeteringResult(
         close_date=close_date,
         periods_closed=len(plan.periods),

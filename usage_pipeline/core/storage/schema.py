@@ -1,4 +1,4 @@
-"""DDL of every DuckDB table and view the pipeline writes (SPEC section 5): the analyst's interface."""
+"""DDL of every lake table and view the pipeline writes (SPEC section 5): the analyst's interface."""
 
 from __future__ import annotations
 
@@ -198,6 +198,26 @@ TABLES: dict[str, str] = {
             status          VARCHAR NOT NULL,
             closed_at       TIMESTAMP NOT NULL
         )""",
+    # One row per (re-)close of an invoice: what the close read and what it changed (SPEC 5).
+    "invoice_revisions": f"""
+        CREATE TABLE IF NOT EXISTS invoice_revisions (
+            invoice_id      VARCHAR NOT NULL,
+            revision        INTEGER NOT NULL,    -- 1 for the first close, then 2, 3, …
+            close_date      DATE NOT NULL,
+            subscription_id VARCHAR NOT NULL,
+            currency        VARCHAR NOT NULL,
+            snapshot_id     BIGINT NOT NULL,     -- the lake snapshot the close read; query AT (VERSION => …)
+                                                 -- snapshot_id + 1 or later for this revision's lines
+            closed_at       TIMESTAMP NOT NULL,
+            run_id          VARCHAR,
+            total_before    {AMOUNT},            -- NULL on the first revision
+            total_after     {AMOUNT},            -- NULL when the re-close removed the invoice
+            lines_added     BIGINT NOT NULL,
+            lines_removed   BIGINT NOT NULL,
+            lines_changed   BIGINT NOT NULL,
+            changes         JSON NOT NULL        -- per line: change (added, removed, changed), line_item_id,
+                                                 -- price_id, old and new quantity and amount
+        )""",
 }
 
 VIEWS: dict[str, str] = {
@@ -218,12 +238,32 @@ VIEWS: dict[str, str] = {
 }
 
 
+def _existing(conn: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = conn.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' "
+        "AND database_name = current_database() "
+        "UNION ALL SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' "
+        "AND database_name = current_database()"
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def missing_schema(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """The tables and views of the schema that the connected database does not have yet."""
+    existing = _existing(conn)
+    return [name for name in [*TABLES, *VIEWS] if name not in existing]
+
+
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create every table and view that is missing; existing tables are left as they are."""
-    for ddl in TABLES.values():
-        conn.execute(ddl)
-    for ddl in VIEWS.values():
-        conn.execute(ddl)
+    """Create every table and view that is missing; existing ones are left as they are (a lake commit
+    per statement that changes something, none when nothing is missing)."""
+    missing = set(missing_schema(conn))
+    for name, ddl in TABLES.items():
+        if name in missing:
+            conn.execute(ddl)
+    for name, ddl in VIEWS.items():
+        if name in missing:
+            conn.execute(ddl)
 
 
 class ColumnDef(NamedTuple):

@@ -11,7 +11,7 @@ from usage_pipeline.defs.billing.checks import invoice_totals_result, lines_with
 from usage_pipeline.defs.catalog.assets import load_catalog_or_fail
 from usage_pipeline.defs.metadata import check_spec, row_counts, table_asset_spec, table_entries
 from usage_pipeline.defs.partitions import close_partitions_for
-from usage_pipeline.defs.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
+from usage_pipeline.defs.resources import PipelineSettings, UsageLake, infrastructure_failures
 from usage_pipeline.settings import definition_settings
 
 _DEPS = [
@@ -53,13 +53,13 @@ _CHECK_SPECS = [
 ]
 
 
-def billing(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: PipelineSettings):
+def billing(context: dg.AssetExecutionContext, lake: UsageLake, settings: PipelineSettings):
     """Rate the day's closed periods with the catalog's prices, replacing the day's line items and
     pending invoices in one transaction (same ids on every re-close, never a duplicate)."""
     close_date = date.fromisoformat(context.partition_key)
     catalog = load_catalog_or_fail(settings)
     started = time.perf_counter()
-    with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
+    with infrastructure_failures(settings.get()), lake.get_connection() as conn:
         result = close_billing(conn, catalog, close_date, now=datetime.now(UTC))
         checks = [invoice_totals_result(conn, close_date), lines_without_events_result(conn, close_date)]
         counts = {
@@ -88,6 +88,6 @@ def billing_definitions() -> dg.Definitions:
     """Built with the settings being loaded, on the same close partitions as the metering asset."""
     partitions = close_partitions_for(definition_settings())
     asset = dg.multi_asset(
-        name="billing", specs=_SPECS, check_specs=_CHECK_SPECS, partitions_def=partitions, pool="duckdb"
+        name="billing", specs=_SPECS, check_specs=_CHECK_SPECS, partitions_def=partitions, pool="period_close"
     )(billing)
     return dg.Definitions(assets=[asset])

@@ -11,7 +11,7 @@ from usage_pipeline.core.billing.money import format_money
 from usage_pipeline.core.catalog.model import CatalogError, load_catalog
 from usage_pipeline.core.text import plural
 from usage_pipeline.defs.metadata import check_spec_metadata, table_entries
-from usage_pipeline.defs.resources import PipelineSettings, UsageDuckDB
+from usage_pipeline.defs.resources import PipelineSettings, UsageLake
 
 
 def _error_check(
@@ -66,7 +66,7 @@ def lines_without_events_result(
     blocking=False,
     metadata=check_spec_metadata("billing"),
 )
-def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheckResult:
+def late_usage(lake: UsageLake, settings: PipelineSettings) -> dg.AssetCheckResult:
     # A broken catalog is reported here, not allowed to fail (and so retry) the ingest run; the close
     # itself refuses a broken catalog before this check runs.
     try:
@@ -78,7 +78,7 @@ def late_usage(duckdb: UsageDuckDB, settings: PipelineSettings) -> dg.AssetCheck
             description=f"late usage not evaluated: {exc}",
             metadata={"catalog": settings.get().catalog_path},
         )
-    with duckdb.get_connection() as conn:
+    with lake.get_connection() as conn:
         report = find_late_usage(conn, catalog)
     rows = [
         (

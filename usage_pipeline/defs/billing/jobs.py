@@ -22,6 +22,6 @@ period_close_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*CATALOG_KEYS, *METERING_KEYS, *BILLING_KEYS)
     | dg.AssetSelection.checks(late_usage),
     description="Close a UTC day: meter and rate every period ending on it (re-run = regenerate).",
-    # One process for the run: its steps take turns on the DuckDB file anyway (pool "duckdb").
+    # One process for the run: its steps run one after the other anyway (pool "period_close").
     executor_def=dg.in_process_executor,
 )

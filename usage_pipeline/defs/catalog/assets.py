@@ -5,7 +5,7 @@ import dagster as dg
 from usage_pipeline.core.catalog.model import Catalog, CatalogError, load_catalog
 from usage_pipeline.core.catalog.publish import CATALOG_COLUMNS, publish_catalog
 from usage_pipeline.defs.metadata import row_counts, table_asset_spec
-from usage_pipeline.defs.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
+from usage_pipeline.defs.resources import PipelineSettings, UsageLake, infrastructure_failures
 
 CATALOG_KEYS: tuple[dg.AssetKey, ...] = tuple(dg.AssetKey(name) for name in CATALOG_COLUMNS)
 
@@ -32,9 +32,9 @@ def load_catalog_or_fail(settings: PipelineSettings) -> Catalog:
         table_asset_spec(name, domain="catalog", kinds={"duckdb"}, description=description)
         for name, description in _DESCRIPTIONS.items()
     ],
-    pool="duckdb",
+    pool="period_close",
 )
-def catalog(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: PipelineSettings):
+def catalog(context: dg.AssetExecutionContext, lake: UsageLake, settings: PipelineSettings):
     """Validate the catalog (USAGE_CATALOG_PATH) and replace the four catalog tables in one transaction.
 
     A broken catalog fails the run with the message naming every offending entry; nothing is published
@@ -42,7 +42,7 @@ def catalog(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: Pi
     """
     loaded = load_catalog_or_fail(settings)
     path = settings.get().catalog_path
-    with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
+    with infrastructure_failures(settings.get()), lake.get_connection() as conn:
         counts = publish_catalog(conn, loaded)
         tables = {name: row_counts(conn, name) for name in CATALOG_COLUMNS}
     context.log.info(f"published catalog {path}: {counts}")

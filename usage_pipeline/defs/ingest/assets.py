@@ -31,7 +31,7 @@ from usage_pipeline.defs.metadata import (
     table_asset_spec,
     table_entries,
 )
-from usage_pipeline.defs.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
+from usage_pipeline.defs.resources import PipelineSettings, UsageLake, infrastructure_failures
 
 INGEST_GROUP = "ingest"
 # Run tags carry each ingest run's file outcome counts (see _run_tags).
@@ -152,16 +152,16 @@ def _materialization_metadata(report: IngestReport, counts: FileCounts, summary:
     name="ingest_usage_files",
     specs=list(INGEST_SPECS),
     check_specs=CHECKS,
-    pool="duckdb",
+    # No pool: ingest runs write side by side (the lake serialises only their commits).
 )
 def ingest_usage_files(
     context: dg.AssetExecutionContext,
     config: IngestConfig,
     s3: S3Resource,
-    duckdb: UsageDuckDB,
+    lake: UsageLake,
     settings: PipelineSettings,
 ):
-    """Load, validate and deduplicate the run's file versions into DuckDB, one transaction per file."""
+    """Load, validate and deduplicate the run's file versions into the lake, one transaction per file."""
     cfg = settings.get()
     client = s3.get_client()
     files = [f.to_version() for f in config.files]
@@ -174,7 +174,7 @@ def ingest_usage_files(
         level = context.log.warning if outcome.status == STATUS_FAILED else context.log.info
         level(describe_outcome(outcome))
 
-    with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
+    with infrastructure_failures(settings.get()), lake.get_connection() as conn:
         report = ingest_files(
             files,
             fetch=lambda f: read_version(client, cfg.bucket, f),

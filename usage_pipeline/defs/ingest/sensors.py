@@ -1,5 +1,6 @@
 """The S3 sensor: discover new file versions and request bounded ingest runs until the ledger has them."""
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -28,11 +29,11 @@ from usage_pipeline.core.ingest.pending import (
     store_pending,
 )
 from usage_pipeline.core.ingest.s3 import list_page
-from usage_pipeline.core.storage.connection import DuckDBBusyError, read_only
+from usage_pipeline.core.storage.lake import Lake, LakeBusyError, read_only
 from usage_pipeline.core.text import plural
 from usage_pipeline.defs.ingest.assets import INGEST_JOB_NAME, FileVersionConfig
-from usage_pipeline.defs.resources import HOST_TAG, PID_TAG, PipelineSettings, UsageDuckDB
-from usage_pipeline.settings import Settings
+from usage_pipeline.defs.resources import HOST_TAG, PID_TAG, PipelineSettings, UsageLake
+from usage_pipeline.settings import Settings, lake_of
 
 SENSOR_NAME = "usage_files_sensor"
 ATTEMPT_TAG = "usage_pipeline/attempt"
@@ -122,8 +123,8 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 
     The default run launcher cannot check a run worker's health, so a killed ingest or close would stay
     STARTED (or NOT_STARTED, when killed between creating and starting it) for ever, holding the only
-    "duckdb" pool slot: every later step would wait on it. Runs carry their host and pid from the moment
-    they are created by the CLI, or from their first step otherwise (the `duckdb` resource tags them).
+    pool slot: every later step would wait on it. Runs carry their host and pid from the moment
+    they are created by the CLI, or from their first step otherwise (the `lake` resource tags them).
     Retrying their files is safe: the ledger makes re-ingesting a committed version a no-op.
     """
     host = socket.gethostname()
@@ -156,7 +157,7 @@ def evaluate_sensor(
     cursor: str | None,
     now: datetime | None = None,
     ledger_timeout_seconds: float = LEDGER_READ_TIMEOUT_SECONDS,
-    ledger_path: str | None = None,
+    lake: Lake | None = None,
 ) -> SensorOutcome:
     """One evaluation: free dead runs, discover new versions, ask the ledger which pending versions are
     done, and request runs for the rest that are due."""
@@ -175,7 +176,8 @@ def evaluate_sensor(
         add_pending(pending, plan.candidates)
     ledger_read, found_again, attempts = False, 0, {}
     try:
-        with read_only(ledger_path or settings.duckdb_path, ledger_timeout_seconds) as conn:
+        ledger = dataclasses.replace(lake or lake_of(settings), busy_timeout_seconds=ledger_timeout_seconds)
+        with read_only(ledger) as conn:
             if conn is not None:
                 drop_done(pending, ledgered(conn, [p.file for p in pending.values()]))
                 done = ledgered(conn, older)
@@ -184,8 +186,8 @@ def evaluate_sensor(
             else:  # no store yet: nothing was ever ingested
                 found_again = add_pending(pending, older)
             ledger_read = True
-    except DuckDBBusyError:
-        pass  # a writer holds the store: new versions are requested, retries wait for the ledger
+    except LakeBusyError:
+        pass  # the catalog stays busy: new versions are requested, retries wait for the ledger
     due = select_due(
         pending,
         now=now,
@@ -224,10 +226,10 @@ def evaluate_sensor(
     ),
 )
 def usage_files_sensor(
-    context: dg.SensorEvaluationContext, s3: S3Resource, duckdb: UsageDuckDB, settings: PipelineSettings
+    context: dg.SensorEvaluationContext, s3: S3Resource, lake: UsageLake, settings: PipelineSettings
 ) -> dg.SensorResult:
     outcome = evaluate_sensor(
-        context.instance, s3.get_client(), settings.get(), context.cursor, ledger_path=duckdb.database
+        context.instance, s3.get_client(), settings.get(), context.cursor, lake=lake.lake()
     )
     files = sum(int(r.tags.get(FILES_TAG) or 0) for r in outcome.run_requests)
     context.log.info(

@@ -11,7 +11,7 @@ from usage_pipeline.defs.catalog.assets import CATALOG_KEYS, load_catalog_or_fai
 from usage_pipeline.defs.metadata import check_spec, row_counts, table_asset_spec, table_entries
 from usage_pipeline.defs.metering.checks import usage_exceptions_result
 from usage_pipeline.defs.partitions import close_partitions_for
-from usage_pipeline.defs.resources import PipelineSettings, UsageDuckDB, infrastructure_failures
+from usage_pipeline.defs.resources import PipelineSettings, UsageLake, infrastructure_failures
 from usage_pipeline.settings import definition_settings
 
 USAGE_EVENTS = dg.AssetKey("usage_events")
@@ -44,13 +44,13 @@ _CHECK_SPECS = [
 ]
 
 
-def metering(context: dg.AssetExecutionContext, duckdb: UsageDuckDB, settings: PipelineSettings):
+def metering(context: dg.AssetExecutionContext, lake: UsageLake, settings: PipelineSettings):
     """Meter every subscription period ending on the partition's day (UTC) that is over by now, replacing
     the day's rows in one transaction. Periods ending later today are skipped and listed."""
     close_date = date.fromisoformat(context.partition_key)
     catalog = load_catalog_or_fail(settings)
     started = time.perf_counter()
-    with infrastructure_failures(settings.get()), duckdb.get_connection() as conn:
+    with infrastructure_failures(settings.get()), lake.get_connection() as conn:
         result = close_metering(conn, catalog, close_date, now=datetime.now(UTC), run_id=context.run.run_id)
         check = usage_exceptions_result(conn, close_date)
         counts = {name: row_counts(conn, name, close_date) for name in _DESCRIPTIONS}
@@ -96,6 +96,10 @@ def metering_definitions() -> dg.Definitions:
     with the settings being loaded."""
     partitions = close_partitions_for(definition_settings())
     asset = dg.multi_asset(
-        name="metering", specs=_SPECS, check_specs=_CHECK_SPECS, partitions_def=partitions, pool="duckdb"
+        name="metering",
+        specs=_SPECS,
+        check_specs=_CHECK_SPECS,
+        partitions_def=partitions,
+        pool="period_close",
     )(metering)
     return dg.Definitions(assets=[asset])

@@ -1,0 +1,420 @@
+"""The one place that knows where the data lives: a DuckLake lake (SPEC section 5).
+
+Metadata sits in a SQL catalog (SQLite by default, Postgres for many machines, a DuckDB file for one
+process), data as Parquet files under a folder or an S3 prefix. Every stage opens it here; nothing else
+knows the catalog, the data path or the extensions. The extensions come from the pinned
+`duckdb-extension-*` wheels and are loaded by path with signature checking on: nothing is downloaded.
+
+Writers: DuckLake commits optimistically. On a SQLite or DuckDB-file catalog two overlapping write
+transactions cannot both commit ("database is locked"), so writers on one machine take turns through a
+lock file beside the catalog (held for a transaction, never while reading S3 or parsing), and any commit
+that still fails on a busy catalog or a conflict is retried whole, with a bounded, logged wait.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import duckdb
+from filelock import FileLock, Timeout
+
+Log = Callable[[str], None]
+T = TypeVar("T")
+
+LAKE_ALIAS = "lake"
+# While waiting for the catalog: say so at once, then every this many seconds.
+WAIT_REPORT_SECONDS = 30.0
+CATALOG_KINDS = ("sqlite", "postgres", "duckdb")
+
+_EXTENSION_PACKAGES = {
+    "ducklake": "duckdb_extension_ducklake",
+    "sqlite_scanner": "duckdb_extension_sqlite_scanner",
+    "postgres_scanner": "duckdb_extension_postgres_scanner",
+    "httpfs": "duckdb_extension_httpfs",
+}
+_RETRYABLE = ("database is locked", "conflict", "could not serialize", "deadlock detected")
+
+
+class LakeBusyError(RuntimeError):
+    """The lake's catalog stayed busy (or kept conflicting) for longer than we were willing to wait."""
+
+
+class LakeConfigError(ValueError):
+    """USAGE_LAKE / USAGE_LAKE_DATA cannot be used as given."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def extension_path(name: str) -> str:
+    """The extension file shipped in its `duckdb-extension-<name>` wheel, for this DuckDB version."""
+    package = _EXTENSION_PACKAGES[name]
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    version = duckdb.__version__
+    for folder in locations:
+        found = glob.glob(os.path.join(folder, "extensions", f"v{version}", f"{name}.duckdb_extension"))
+        if found:
+            return found[0]
+    raise LakeConfigError(
+        f"DuckDB extension {name!r} for DuckDB {version} is not installed "
+        f"(pip install {package.replace('_', '-')}=={version}; the project pins it)"
+    )
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Where the lake is: its catalog (`sqlite:PATH`, `postgres:<libpq string>`, `duckdb:PATH`) and its
+    data path (a folder or `s3://bucket/prefix/`), and how long a writer waits on a busy catalog."""
+
+    catalog: str = "sqlite:data/usage.sqlite"
+    data_path: str = "data/lake/"
+    busy_timeout_seconds: float = 600.0
+    # httpfs secret for an s3:// data path (endpoint, region, keys): never logged.
+    s3_secret: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        kind, sep, location = self.catalog.partition(":")
+        if not sep or kind not in CATALOG_KINDS or not location.strip():
+            raise LakeConfigError(
+                f"USAGE_LAKE={self.catalog!r}: expected sqlite:PATH, postgres:<connection string> "
+                "or duckdb:PATH"
+            )
+
+    @property
+    def kind(self) -> str:
+        return self.catalog.partition(":")[0]
+
+    @property
+    def location(self) -> str:
+        """The catalog's file (absolute) or connection string."""
+        location = self.catalog.partition(":")[2].strip()
+        return location if self.kind == "postgres" else str(Path(location).expanduser().absolute())
+
+    @property
+    def data_location(self) -> str:
+        if "://" in self.data_path:
+            return self.data_path if self.data_path.endswith("/") else self.data_path + "/"
+        return str(Path(self.data_path).expanduser().absolute()) + os.sep
+
+    @property
+    def is_file_catalog(self) -> bool:
+        return self.kind in ("sqlite", "duckdb")
+
+    def describe(self) -> str:
+        """How messages name the lake: the catalog as configured, never a password."""
+        if self.kind == "postgres":
+            words = [w for w in self.location.split() if not w.lower().startswith("password=")]
+            return "postgres:" + " ".join(words)
+        return f"{self.kind}:{self.location}"
+
+    def exists(self) -> bool:
+        """False when the catalog file was never created (nothing was ever written); a server catalog is
+        assumed to exist (attaching says otherwise)."""
+        return not self.is_file_catalog or Path(self.location).exists()
+
+    def attach_sql(self, *, read_only: bool = False) -> str:
+        """The ATTACH statement for this lake, as an analyst's DuckDB client would run it."""
+        if self.kind == "duckdb":
+            target = f"ducklake:{self.location}"
+        else:
+            target = f"ducklake:{self.kind}:{self.location}"
+        options = [f"DATA_PATH {_quote(self.data_location)}"]
+        if self.kind == "sqlite":
+            options += ["META_JOURNAL_MODE 'WAL'", "META_BUSY_TIMEOUT 10000"]
+        if read_only:
+            options.append("READ_ONLY")
+        return f"ATTACH {_quote(target)} AS {LAKE_ALIAS} ({', '.join(options)})"
+
+    def extensions(self) -> list[str]:
+        needed = ["ducklake"]
+        if self.kind == "sqlite":
+            needed.append("sqlite_scanner")
+        elif self.kind == "postgres":
+            needed.append("postgres_scanner")
+        if self.data_location.startswith(("s3://", "http://", "https://")):
+            needed.append("httpfs")
+        return needed
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A commit that failed because another writer got there first: worth doing again, whole."""
+    if not isinstance(exc, duckdb.Error):
+        return False
+    text = str(exc).lower()
+    return any(marker in text for marker in _RETRYABLE)
+
+
+@dataclass
+class _Writer:
+    """What a writing connection needs to take its turn: the lake, the machine-wide lock, the log."""
+
+    lake: Lake
+    lock: FileLock | None
+    log: Log | None
+
+
+# Writing connections opened by `connect`, by id: `transact` finds its lake, lock and log there.
+_WRITERS: dict[int, _Writer] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _new_connection() -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(
+        ":memory:",
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "custom_user_agent": "usage_pipeline",
+        },
+    )
+
+
+def _load_extensions(conn: duckdb.DuckDBPyConnection, lake: Lake) -> None:
+    for name in lake.extensions():
+        conn.execute(f"LOAD {_quote(extension_path(name))}")
+    if "httpfs" in lake.extensions() and lake.s3_secret:
+        options = ", ".join(f"{key} {_quote(value)}" for key, value in lake.s3_secret.items())
+        conn.execute(f"CREATE OR REPLACE SECRET usage_lake_s3 (TYPE s3, {options})")
+
+
+def _prepare_file_catalog(lake: Lake) -> None:
+    """A new SQLite catalog starts in WAL mode (readers and the writer do not stall each other)."""
+    path = Path(lake.location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if lake.kind == "sqlite" and not path.exists():
+        import sqlite3
+
+        with sqlite3.connect(path) as sqlite:
+            sqlite.execute("PRAGMA journal_mode=WAL")
+    if "://" not in lake.data_location:
+        Path(lake.data_location).mkdir(parents=True, exist_ok=True)
+
+
+class _Waiting:
+    """Bounded, logged waiting: the first wait is said at once, then every WAIT_REPORT_SECONDS."""
+
+    def __init__(self, lake: Lake, what: str, log: Log | None) -> None:
+        self.lake, self.what, self.log = lake, what, log
+        self.started = time.monotonic()
+        self.next_report = self.started
+        self.delay = 0.05
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def pause(self, reason: str) -> None:
+        """Sleep before the next try, or raise LakeBusyError once the timeout is spent."""
+        waited = self.elapsed()
+        timeout = self.lake.busy_timeout_seconds
+        if waited >= timeout:
+            raise LakeBusyError(
+                f"DuckLake: the catalog {self.lake.describe()} stayed busy for {waited:.0f} s while "
+                f"{self.what} ({reason}); USAGE_LAKE_BUSY_TIMEOUT allows {timeout:.0f} s"
+            )
+        if self.log is not None and time.monotonic() >= self.next_report:
+            if waited < 1.0:
+                self.log(
+                    f"waiting for the lake catalog {self.lake.describe()} while {self.what}: {reason}; "
+                    f"waiting up to {timeout:.0f} s"
+                )
+            else:
+                self.log(f"still waiting for the lake catalog after {waited:.0f} s ({reason})")
+            self.next_report = time.monotonic() + WAIT_REPORT_SECONDS
+        time.sleep(min(self.delay * (0.5 + random.random()), max(0.0, timeout - waited)))
+        self.delay = min(self.delay * 2, 2.0)
+
+
+def _attach(conn: duckdb.DuckDBPyConnection, lake: Lake, *, read_only: bool, log: Log | None) -> None:
+    waiting = _Waiting(lake, "attaching", log)
+    while True:
+        try:
+            conn.execute(lake.attach_sql(read_only=read_only))
+            conn.execute(f"USE {LAKE_ALIAS}")
+            return
+        except duckdb.Error as exc:
+            if not is_retryable(exc):
+                raise
+            waiting.pause(_first_line(exc))
+
+
+def _write_lock(lake: Lake) -> FileLock | None:
+    if not lake.is_file_catalog:
+        return None  # a server catalog settles concurrent commits itself (and by the claims)
+    return FileLock(lake.location + ".write-lock", thread_local=False)
+
+
+def open_lake(lake: Lake, *, log: Log | None = None) -> duckdb.DuckDBPyConnection:
+    """A writing connection to the lake, its schema ensured. Close it with `close`."""
+    from usage_pipeline.core.storage.schema import ensure_schema, missing_schema
+
+    if lake.is_file_catalog:
+        _prepare_file_catalog(lake)
+    conn = _new_connection()
+    try:
+        _load_extensions(conn, lake)
+        with _WRITERS_LOCK:
+            _WRITERS[id(conn)] = _Writer(lake, _write_lock(lake), log)
+        with _turn(conn, "attaching"):  # the first attach creates the catalog's own tables
+            _attach(conn, lake, read_only=False, log=log)
+        if missing_schema(conn):
+            transact(conn, lambda: ensure_schema(conn), what="creating the lake's tables")
+    except BaseException:
+        close(conn)
+        raise
+    return conn
+
+
+def close(conn: duckdb.DuckDBPyConnection) -> None:
+    with _WRITERS_LOCK:
+        _WRITERS.pop(id(conn), None)
+    conn.close()
+
+
+@contextmanager
+def connect(lake: Lake, log: Log | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    conn = open_lake(lake, log=log)
+    try:
+        yield conn
+    finally:
+        close(conn)
+
+
+def open_read_only(lake: Lake) -> duckdb.DuckDBPyConnection | None:
+    """A read-only connection, or None when the catalog was never created. Never blocks a writer."""
+    if not lake.exists():
+        return None
+    conn = _new_connection()
+    try:
+        _load_extensions(conn, lake)
+        _attach(conn, lake, read_only=True, log=None)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def read_only(lake: Lake) -> Iterator[duckdb.DuckDBPyConnection | None]:
+    """A read-only connection for the block, or None when nothing was ever written."""
+    conn = open_read_only(lake)
+    try:
+        yield conn
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+@contextmanager
+def _turn(conn: duckdb.DuckDBPyConnection, what: str) -> Iterator[None]:
+    """This process's turn to write a file catalog (other writers on the machine wait, aloud)."""
+    writer = _WRITERS.get(id(conn))
+    if writer is None or writer.lock is None:
+        yield
+        return
+    waiting = _Waiting(writer.lake, what, writer.log)
+    while True:
+        try:
+            writer.lock.acquire(timeout=min(5.0, max(0.0, writer.lake.busy_timeout_seconds)))
+            break
+        except Timeout:
+            waiting.pause("another process is writing")
+    try:
+        yield
+    finally:
+        writer.lock.release()
+
+
+def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # a failed COMMIT leaves no transaction behind
+
+
+def transact(conn: duckdb.DuckDBPyConnection, body: Callable[[], T], *, what: str = "writing") -> T:
+    """Run `body` in one transaction and commit it: all or nothing.
+
+    When the commit fails because another writer committed first (a busy catalog, a conflict), the
+    whole body runs again in a new transaction, so what it read is read afresh: a body must decide from
+    what it reads inside the transaction. Waits are bounded by USAGE_LAKE_BUSY_TIMEOUT and logged.
+    """
+    writer = _WRITERS.get(id(conn))
+    waiting = _Waiting(writer.lake, what, writer.log) if writer else None
+    while True:
+        with _turn(conn, what):
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                result = body()
+                conn.execute("COMMIT")
+                return result
+            except BaseException as exc:
+                _rollback(conn)
+                if waiting is None or not is_retryable(exc):
+                    raise
+                reason = _first_line(exc)
+        waiting.pause(reason)
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT in this process's turn, or ROLLBACK on any exception; not retried (see `transact`)."""
+    with _turn(conn, "writing"):
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            yield conn
+        except BaseException:
+            _rollback(conn)
+            raise
+        conn.execute("COMMIT")
+
+
+@contextmanager
+def scratch(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A transaction that is always rolled back: a throw-away workspace of TEMP tables over one snapshot."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    finally:
+        _rollback(conn)
+
+
+@contextmanager
+def registered(conn: duckdb.DuckDBPyConnection, relations: Mapping[str, object]) -> Iterator[None]:
+    """Each relation (an Arrow table or polars frame) visible to SQL under its name for the block."""
+    for name, relation in relations.items():
+        conn.register(name, relation)
+    try:
+        yield
+    finally:
+        for name in relations:
+            conn.unregister(name)
+
+
+def has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = conn.execute(
+        "SELECT 1 FROM duckdb_tables() WHERE table_name = $name AND schema_name = 'main' "
+        "AND database_name = current_database()",
+        {"name": name},
+    ).fetchall()
+    return bool(rows)
+
+
+def current_snapshot(conn: duckdb.DuckDBPyConnection) -> int:
+    """The id of the lake snapshot this connection's transaction reads."""
+    return int(conn.execute(f"SELECT * FROM {LAKE_ALIAS}.current_snapshot()").fetchall()[0][0])
