@@ -12,7 +12,12 @@ from usage_pipeline.settings import ConfigError, load_settings
 
 def test_defaults_are_the_specs():
     s = load_settings({})
-    assert (s.bucket, s.prefix, s.duckdb_path) == ("usage-events", "incoming/", "data/usage.duckdb")
+    assert (s.bucket, s.prefix, s.lake, s.lake_data) == (
+        "usage-events",
+        "incoming/",
+        "sqlite:data/usage.sqlite",
+        "data/lake/",
+    )
     assert s.max_file_bytes == 1 << 30
     assert (s.max_event_age, s.max_future_skew, s.close_grace) == (
         timedelta(days=35),
@@ -48,6 +53,6 @@ def test_the_dagster_settings_resource_round_trips_the_settings():
         {"USAGE_MAX_EVENT_AGE": "P10D", "USAGE_TICK_LIST_SECONDS": "12.5", "USAGE_PREFIX": "in/"}
     )
     back = PipelineSettings.from_settings(s).get()
-    assert back.model_dump(exclude={"s3_endpoint_url", "duckdb_path"}) == s.model_dump(
-        exclude={"s3_endpoint_url", "duckdb_path"}
+    assert back.model_dump(exclude={"s3_endpoint_url", "lake"}) == s.model_dump(
+        exclude={"s3_endpoint_url", "lake"}
     )

@@ -12,9 +12,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
+from usage_pipeline.core.storage.lake import read_only
+from usage_pipeline.settings import lake_of
 from usage_pipeline_tests.conftest import put
 
 pytestmark = pytest.mark.slow
@@ -71,7 +72,8 @@ def test_ingest_close_late_file_reclose(settings, s3, bucket, tmp_path: Path):
     env.update(
         DAGSTER_HOME=str(home),
         USAGE_BUCKET=bucket,
-        USAGE_DUCKDB_PATH=settings.duckdb_path,
+        USAGE_LAKE=settings.lake,
+        USAGE_LAKE_DATA=settings.lake_data,
         USAGE_CATALOG_PATH=str(catalog),
         AWS_ENDPOINT_URL_S3=str(settings.s3_endpoint_url),
     )
@@ -99,7 +101,7 @@ def test_ingest_close_late_file_reclose(settings, s3, bucket, tmp_path: Path):
     assert invoice_id in close.stdout
 
     def invoice_state():
-        with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
+        with read_only(lake_of(settings)) as conn:
             invoices = conn.execute("SELECT invoice_id, total FROM pending_invoices").fetchall()
             lines = conn.execute(
                 "SELECT price_id, quantity, amount FROM invoice_line_items ORDER BY price_id"
@@ -159,12 +161,13 @@ def test_close_refuses_a_broken_catalog_and_bad_dates(settings, tmp_path: Path):
     env = os.environ.copy()
     env.update(
         DAGSTER_HOME=str(tmp_path / "home"),
-        USAGE_DUCKDB_PATH=settings.duckdb_path,
+        USAGE_LAKE=settings.lake,
+        USAGE_LAKE_DATA=settings.lake_data,
         USAGE_CATALOG_PATH=str(catalog),
     )
     broken = cli(env, "close", "--date", (datetime.now(UTC) - timedelta(days=1)).date().isoformat())
     assert broken.returncode == 2
     assert "calls" in broken.stderr and "model" in broken.stderr
-    assert not Path(settings.duckdb_path).exists()  # nothing was closed, not even opened
+    assert not lake_of(settings).exists()  # nothing was closed, not even opened
     assert cli(env, "close", "--date", "2026-13-40").returncode == 2
     assert cli(env, "close", "--date", "1999-01-01").returncode == 2

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from usage_pipeline.cli.generate import generate_usage_frame, serialize
-from usage_pipeline.settings import Settings
+from usage_pipeline.core.storage.lake import read_only
+from usage_pipeline.settings import Settings, lake_of
 from usage_pipeline_tests.conftest import put
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,8 @@ def cli_env(settings: Settings, home: Path) -> dict[str, str]:
         DAGSTER_HOME=str(home),
         USAGE_BUCKET=settings.bucket,
         USAGE_PREFIX=settings.prefix,
-        USAGE_DUCKDB_PATH=settings.duckdb_path,
+        USAGE_LAKE=settings.lake,
+        USAGE_LAKE_DATA=settings.lake_data,
         AWS_ENDPOINT_URL_S3=str(settings.s3_endpoint_url),
         USAGE_RUN_MAX_FILES="2",  # three runs of two files: the kill lands between or inside runs
     )
@@ -69,7 +70,7 @@ def ingest(env: dict[str, str], cwd: Path) -> subprocess.Popen:
 
 
 def assert_each_file_exactly_once(settings: Settings, sizes: dict[str, int]) -> None:
-    with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
+    with read_only(lake_of(settings)) as conn:
         ledger = conn.execute(
             "SELECT file_key, count(*), sum(rows_total), sum(rows_accepted), sum(rows_rejected) "
             "FROM ingested_files GROUP BY file_key ORDER BY file_key"

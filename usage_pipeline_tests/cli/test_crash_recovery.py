@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from usage_pipeline.cli.generate import generate_usage_frame, serialize
-from usage_pipeline.settings import Settings
+from usage_pipeline.core.storage.lake import read_only
+from usage_pipeline.settings import Settings, lake_of
 from usage_pipeline_tests.cli.test_cli_processes import assert_each_file_exactly_once, cli_env
 from usage_pipeline_tests.conftest import put
 
@@ -39,9 +39,11 @@ KILL_HOOKS = {
     # the second file's events are inserted, its transaction is open
     "during_write": ("usage_pipeline.core.ingest.store", "_insert_events", "after", 2),
     # the process dies while the second file's COMMIT is under way
-    "during_commit": ("usage_pipeline.core.ingest.store", "transaction", "commit", 4),
-    # a close run dies inside its metering transaction, holding the "duckdb" pool slot
+    "during_commit": ("usage_pipeline.core.ingest.store", "transact", "commit", 4),
+    # a close run dies inside its metering transaction, holding the "period_close" pool slot
     "close_mid_step": ("usage_pipeline.core.metering.meter", "write_metering", "after", 1),
+    # a close run dies while its billing COMMIT (line items, invoices, revisions) is under way
+    "close_during_commit": ("usage_pipeline.core.billing.close", "transact", "commit", 1),
 }
 
 SITECUSTOMIZE = """
@@ -58,14 +60,15 @@ def _die():
 
 
 def _wrap(original):
-    if _when == "commit":
-        @contextlib.contextmanager
-        def wrapped(*args, **kwargs):
-            with original(*args, **kwargs) as value:
-                yield value
+    if _when == "commit":  # original is lake.transact(conn, body, ...)
+        def wrapped(conn, body, **kwargs):
+            def body_then_die():
+                result = body()
                 _calls[0] += 1
                 if _calls[0] == _nth:  # die a moment after COMMIT is sent, wherever it has got to
                     threading.Timer(0.002, _die).start()
+                return result
+            return original(conn, body_then_die, **kwargs)
         return wrapped
 
     @functools.wraps(original)
@@ -135,7 +138,7 @@ def assert_nothing_left_running(home: Path) -> None:
             )
         )
         assert stuck == [], [(r.run_id, r.status) for r in stuck]
-        pool = instance.event_log_storage.get_concurrency_info("duckdb")
+        pool = instance.event_log_storage.get_concurrency_info("period_close")
         assert pool.claimed_slots == [], pool.claimed_slots
 
 
@@ -150,7 +153,7 @@ def test_kill_9_at_any_stage_then_rerun_loses_nothing(stage, settings: Settings,
     env = {**cli_env(settings, home), "USAGE_RETRY_BACKOFF": "0"}
     today = datetime.now(UTC).date().isoformat()
 
-    if stage == "close_mid_step":
+    if stage.startswith("close_"):
         assert run_cli(env, tmp_path, "ingest").returncode == 0
         victim = run_cli(victim_env(env, hooks, stage), tmp_path, "close", "--date", today)
     else:
@@ -166,5 +169,5 @@ def test_kill_9_at_any_stage_then_rerun_loses_nothing(stage, settings: Settings,
     again = run_cli(env, tmp_path, "ingest")
     assert again.returncode == 0 and "nothing new" in again.stdout, again.stdout + again.stderr[-2000:]
     assert_nothing_left_running(home)
-    with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
+    with read_only(lake_of(settings)) as conn:
         assert conn.execute("SELECT count(*) FROM file_attempts").fetchall()[0][0] == 0

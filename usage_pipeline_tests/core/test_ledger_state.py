@@ -5,20 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import duckdb
 import pytest
 
 from usage_pipeline.core.ingest.ledger import acknowledge, failing_keys, newest_with_rejects
-from usage_pipeline.core.storage.schema import ensure_schema
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)
 
 
 @pytest.fixture
-def conn():
-    with duckdb.connect() as conn:
-        ensure_schema(conn)
-        yield conn
+def conn(lake_conn):
+    return lake_conn
 
 
 def add(conn, key: str, etag: str, status: str, *, arrived: int, ingested: int, rejected: int = 0) -> None:

@@ -14,7 +14,6 @@ import pytest
 
 from usage_pipeline.core.catalog.model import Catalog
 from usage_pipeline.core.metering.meter import MeteringResult, close_metering
-from usage_pipeline.core.storage.connection import open_database
 
 CLOSE = date(2026, 3, 2)  # daily periods [03-01, 03-02) close on this date
 AFTER = datetime(2026, 3, 3, tzinfo=UTC)
@@ -31,10 +30,9 @@ def make_catalog(
 
 
 @pytest.fixture
-def conn() -> Iterator[duckdb.DuckDBPyConnection]:
-    connection = open_database(":memory:")
-    yield connection
-    connection.close()
+def conn(lake_conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A fresh lake (SQLite catalog, Parquet files in tmp_path): the storage the pipeline uses."""
+    yield lake_conn
 
 
 def stripe(conn: duckdb.DuckDBPyConnection, name: str, customer: str, ts: str, **props: Any) -> str:

@@ -8,14 +8,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from usage_pipeline.core.storage.schema import ensure_schema
+from usage_pipeline.core.storage.lake import connect, open_lake
 from usage_pipeline.definitions import build_definitions
 from usage_pipeline.defs.billing.schedules import build_period_close_schedule, close_cron
-from usage_pipeline.settings import Settings
+from usage_pipeline.settings import Settings, lake_of
 
 CATALOG = """
 meters:
@@ -36,16 +35,20 @@ subscriptions:
 def _settings(tmp_path: Path, catalog_text: str = CATALOG, grace: str = "PT1H") -> Settings:
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(catalog_text)
-    return Settings(catalog_path=str(catalog), duckdb_path=str(tmp_path / "usage.duckdb"), close_grace=grace)
+    return Settings(
+        catalog_path=str(catalog),
+        lake=f"sqlite:{tmp_path / 'usage.sqlite'}",
+        lake_data=str(tmp_path / "lake"),
+        close_grace=grace,
+    )
 
 
 def _definitions(settings: Settings) -> dg.Definitions:
     return build_definitions(settings)
 
 
-def _store_events(path: str) -> None:
-    conn = duckdb.connect(path)
-    ensure_schema(conn)
+def _store_events(settings: Settings) -> None:
+    conn = open_lake(lake_of(settings))
     rows = [
         ("e1", "stripe", "api_call", "cus_s", None, "2026-03-01 08:00:00", {}, 1),
         ("e2", "stripe", "api_call", "cus_s", None, "2026-03-01 09:00:00", {}, 2),
@@ -62,13 +65,13 @@ def _store_events(path: str) -> None:
 
 def test_period_close_job_closes_a_partition(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     settings = _settings(tmp_path)
-    _store_events(settings.duckdb_path)
+    _store_events(settings)
     job = _definitions(settings).resolve_job_def("period_close")
 
     result = job.execute_in_process(partition_key="2026-03-02", instance=instance)
 
     assert result.success
-    with duckdb.connect(settings.duckdb_path) as conn:
+    with connect(lake_of(settings)) as conn:
         invoices = conn.execute(
             "SELECT subscription_id, total, line_count FROM pending_invoices ORDER BY 1"
         ).fetchall()
@@ -92,7 +95,7 @@ def test_period_close_job_closes_a_partition(tmp_path: Path, instance: dg.Dagste
     # Running the partition again regenerates: same invoices, no duplicates.
     again = job.execute_in_process(partition_key="2026-03-02", instance=instance)
     assert again.success
-    with duckdb.connect(settings.duckdb_path) as conn:
+    with connect(lake_of(settings)) as conn:
         assert conn.execute("SELECT count(*) FROM pending_invoices").fetchall()[0][0] == 2
         assert conn.execute("SELECT count(*) FROM invoice_line_items").fetchall()[0][0] == 3
 
@@ -115,7 +118,7 @@ subscriptions:
      started_at: "2026-01-01T00:00:00Z", billing_period_unit: day}
 """
     settings = _settings(tmp_path, catalog)
-    _store_events(settings.duckdb_path)
+    _store_events(settings)
 
     result = (
         _definitions(settings)
@@ -138,7 +141,7 @@ def test_broken_catalog_fails_the_close_and_writes_nothing(
     tmp_path: Path, instance: dg.DagsterInstance
 ) -> None:
     settings = _settings(tmp_path, CATALOG.replace("price_ids: [storage]", "price_ids: [nope]"))
-    _store_events(settings.duckdb_path)
+    _store_events(settings)
     job = _definitions(settings).resolve_job_def("period_close")
 
     result = job.execute_in_process(partition_key="2026-03-02", instance=instance, raise_on_error=False)
@@ -146,21 +149,21 @@ def test_broken_catalog_fails_the_close_and_writes_nothing(
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "unknown price 'nope'" in str(failure.event_specific_data)
-    with duckdb.connect(settings.duckdb_path) as conn:
+    with connect(lake_of(settings)) as conn:
         assert conn.execute("SELECT count(*) FROM pending_invoices").fetchall()[0][0] == 0
         assert conn.execute("SELECT count(*) FROM closed_periods").fetchall()[0][0] == 0
 
 
 def test_late_usage_check_reports_money_at_stake(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     settings = _settings(tmp_path)
-    _store_events(settings.duckdb_path)
+    _store_events(settings)
     defs = _definitions(settings)
     assert (
         defs.resolve_job_def("period_close")
         .execute_in_process(partition_key="2026-03-02", instance=instance)
         .success
     )
-    with duckdb.connect(settings.duckdb_path) as conn:
+    with connect(lake_of(settings)) as conn:
         conn.execute(
             "INSERT INTO usage_events VALUES ('late', 'stripe', 'api_call', 'cus_s', NULL, "
             "'2026-03-01 23:59:00', '{}', 'incoming/late.csv', 'etag2', 1, ?)",
@@ -187,7 +190,7 @@ def test_reclosing_the_late_date_turns_late_usage_green_in_the_close_run(
     tmp_path: Path, instance: dg.DagsterInstance
 ) -> None:
     settings = _settings(tmp_path)
-    _store_events(settings.duckdb_path)
+    _store_events(settings)
     close = _definitions(settings).resolve_job_def("period_close")
     late_check = dg.AssetCheckKey(dg.AssetKey("usage_events"), "late_usage")
 
@@ -201,7 +204,7 @@ def test_reclosing_the_late_date_turns_late_usage_green_in_the_close_run(
 
     first = close.execute_in_process(partition_key="2026-03-02", instance=instance)
     assert first.success and late_usage_of(first).passed  # the close evaluates late_usage too
-    with duckdb.connect(settings.duckdb_path) as conn:
+    with connect(lake_of(settings)) as conn:
         conn.execute(
             "INSERT INTO usage_events VALUES ('late', 'stripe', 'api_call', 'cus_s', NULL, "
             "'2026-03-01 23:59:00', '{}', 'incoming/late.csv', 'etag2', 1, ?)",

@@ -63,7 +63,7 @@ def test_a_broken_catalog_still_loads_the_definitions(
 ) -> None:
     broken = _catalog(tmp_path, CATALOG.replace("price_ids: [api]", "price_ids: [nope]"))
     settings = load_settings(
-        {"USAGE_CATALOG_PATH": broken, "USAGE_DUCKDB_PATH": str(tmp_path / "usage.duckdb"), **environ}
+        {"USAGE_CATALOG_PATH": broken, "USAGE_LAKE": f"sqlite:{tmp_path / 'usage.sqlite'}", **environ}
     )
     defs = build_definitions(settings)
     dg.Definitions.validate_loadable(defs)

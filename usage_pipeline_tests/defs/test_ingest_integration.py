@@ -7,14 +7,14 @@ import json
 import time
 
 import dagster as dg
-import duckdb
 import pytest
 
 from usage_pipeline.cli.ingest import run_ingest
+from usage_pipeline.core.storage.lake import read_only
 from usage_pipeline.definitions import build_definitions, build_resources
 from usage_pipeline.defs.ingest.assets import INGEST_JOB_NAME
 from usage_pipeline.defs.ingest.sensors import usage_files_sensor
-from usage_pipeline.settings import Settings
+from usage_pipeline.settings import Settings, lake_of
 from usage_pipeline_tests.conftest import now_s, put
 
 
@@ -25,7 +25,7 @@ def stripe_csv(rows: list[tuple[str, int, str, str, str]]) -> str:
 
 
 def ledger(settings: Settings) -> dict[str, tuple]:
-    with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
+    with read_only(lake_of(settings)) as conn:
         rows = conn.execute(
             """SELECT file_key, status, failed_reason, rows_total, rows_accepted, rows_duplicate,
                       rows_rejected FROM ingested_files ORDER BY file_key"""
@@ -34,7 +34,7 @@ def ledger(settings: Settings) -> dict[str, tuple]:
 
 
 def scalar(settings: Settings, query: str):
-    with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
+    with read_only(lake_of(settings)) as conn:
         return conn.execute(query).fetchall()[0][0]
 
 
@@ -153,7 +153,7 @@ def test_cross_file_duplicates_and_reuploaded_key(instance, settings, s3, bucket
     )
     result, runs = evaluate_and_run(instance, settings, cursor=result.cursor)
     assert all(r.success for r in runs)
-    with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
+    with read_only(lake_of(settings)) as conn:
         versions = conn.execute(
             "SELECT file_key, rows_accepted, rows_duplicate FROM ingested_files ORDER BY arrived_at, file_key"
         ).fetchall()

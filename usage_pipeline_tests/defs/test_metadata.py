@@ -8,6 +8,7 @@ from decimal import Decimal
 import dagster as dg
 import duckdb
 
+from usage_pipeline.core.storage.lake import read_only
 from usage_pipeline.core.storage.schema import TABLES, ensure_schema, table_columns
 from usage_pipeline.definitions import build_definitions
 from usage_pipeline.defs.metadata import (
@@ -19,7 +20,7 @@ from usage_pipeline.defs.metadata import (
     table,
     table_entries,
 )
-from usage_pipeline.settings import load_settings
+from usage_pipeline.settings import lake_of, load_settings
 from usage_pipeline_tests.conftest import now_s, put
 from usage_pipeline_tests.defs.test_ingest_integration import evaluate_and_run, stripe_csv
 
@@ -111,7 +112,7 @@ def test_an_ingest_run_reports_row_counts_and_tables_with_schemas(instance, sett
     _, runs = evaluate_and_run(instance, settings)
 
     assert len(runs) == 1 and runs[0].success
-    with duckdb.connect(settings.duckdb_path, read_only=True) as conn:
+    with read_only(lake_of(settings)) as conn:
         counts = {
             name: conn.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
             for name in ("ingested_files", "usage_events", "rejected_events")

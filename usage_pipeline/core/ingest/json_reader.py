@@ -170,8 +170,9 @@ def _records(texts: pl.Series, numbers: pl.Series, unit: str) -> RecordTable:
 def _register(con: duckdb.DuckDBPyConnection, table: str, texts: pl.Series) -> None:
     """`texts` as table `table` (t: the JSON text, n: its position) for the queries below."""
     frame = pl.DataFrame([texts.alias("t"), pl.int_range(texts.len(), eager=True).alias("n")])
-    # Arrow string views, as polars holds them: DuckDB reads them without a copy of every text.
-    con.register(table, frame.to_arrow(compat_level=pl.CompatLevel.newest()))
+    # Plain Arrow strings: DuckDB 1.5.5 cannot filter Arrow string views it scans (array_filter has no
+    # kernel for string_view), so the texts are handed over in the oldest layout.
+    con.register(table, frame.to_arrow(compat_level=pl.CompatLevel.oldest()))
 
 
 def _keys(con: duckdb.DuckDBPyConnection, path: list[str] | None = None) -> list[str]:

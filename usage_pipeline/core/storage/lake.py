@@ -398,12 +398,28 @@ def scratch(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnecti
 def registered(conn: duckdb.DuckDBPyConnection, relations: Mapping[str, object]) -> Iterator[None]:
     """Each relation (an Arrow table or polars frame) visible to SQL under its name for the block."""
     for name, relation in relations.items():
-        conn.register(name, relation)
+        conn.register(name, _scannable(relation))
     try:
         yield
     finally:
         for name in relations:
             conn.unregister(name)
+
+
+def _scannable(relation: object) -> object:
+    """Arrow string views (polars' own layout) as plain Arrow strings: DuckDB 1.5.5 cannot filter or join
+    string views it scans ("array_filter has no kernel matching string_view")."""
+    import polars as pl
+    import pyarrow as pa
+
+    if isinstance(relation, pl.DataFrame):
+        return relation.to_arrow(compat_level=pl.CompatLevel.oldest())
+    if isinstance(relation, pa.Table) and any(pa.types.is_string_view(t) for t in relation.schema.types):
+        schema = pa.schema(
+            [f.with_type(pa.large_string()) if pa.types.is_string_view(f.type) else f for f in relation.schema]
+        )
+        return relation.cast(schema)
+    return relation
 
 
 def has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
