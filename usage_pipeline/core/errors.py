@@ -168,16 +168,22 @@ def _describe_s3(exc: BaseException, settings: Settings) -> str | None:
     return None
 
 
+_LAKE_WORDS = ("ducklake", "data_path", "sqlite", "postgres", "not a database", "database is locked")
+
+
 def _describe_lake(exc: BaseException, settings: Settings) -> str | None:
     from usage_pipeline.core.storage.lake import Lake, LakeBusyError, LakeConfigError
 
     if isinstance(exc, LakeBusyError | LakeConfigError):
         return f"{exc}"
-    if not isinstance(exc, duckdb.IOException | duckdb.BinderException | duckdb.CatalogException):
+    # SQL mistakes (a bug) are not the lake's configuration: only errors that name the lake's parts.
+    if not isinstance(exc, duckdb.Error) or isinstance(
+        exc, duckdb.CatalogException | duckdb.BinderException | duckdb.ParserException
+    ):
         return None
     text = str(exc)
     lowered = text.lower()
-    if not any(word in lowered for word in ("ducklake", "data_path", "sqlite", "postgres", "catalog")):
+    if not any(word in lowered for word in _LAKE_WORDS):
         return None
     try:
         where = Lake(catalog=settings.lake).describe()

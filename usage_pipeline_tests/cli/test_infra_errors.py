@@ -31,13 +31,16 @@ from usage_pipeline.core.ingest.s3 import (
     read_version,
     s3_client,
 )
+from usage_pipeline.core.storage.lake import Lake, LakeBusyError, connect
 from usage_pipeline.definitions import build_resources
 from usage_pipeline.settings import Settings
 from usage_pipeline_tests.cli.faulty_s3 import FAULT_KINDS, faulty_s3_proxy
 
 CLI = str(Path(sys.executable).parent / "usage-pipeline")
 ENDPOINT = "http://127.0.0.1:9555"
-SETTINGS = Settings(bucket="usage-events", s3_endpoint_url=ENDPOINT, duckdb_path="/data/usage.duckdb")
+SETTINGS = Settings(
+    bucket="usage-events", s3_endpoint_url=ENDPOINT, lake="sqlite:/data/usage.sqlite", lake_data="/data/lake/"
+)
 
 
 def client_error(code: str, status: int, operation: str = "ListObjectsV2", **error: str) -> ClientError:
@@ -101,23 +104,28 @@ def test_connection_and_credential_errors() -> None:
     )
 
 
-def test_duckdb_catalog_and_configuration_errors() -> None:
-    locked = duckdb.IOException(
-        'IO Error: Could not set lock on file "/data/usage.duckdb": Conflicting lock is held in '
-        "/usr/bin/python3.11 (PID 4242). See also https://duckdb.org/docs/current/connect/concurrency"
+def test_lake_catalog_and_configuration_errors(tmp_path: Path) -> None:
+    busy = LakeBusyError(
+        "DuckLake: the catalog sqlite:/data/usage.sqlite stayed busy for 600 s while writing incoming/a.csv "
+        "(another process is writing); USAGE_LAKE_BUSY_TIMEOUT allows 600 s"
     )
-    assert describe(locked) == (
-        "DuckDB: the file /data/usage.duckdb is locked by another process (PID 4242) (another ingest, "
-        "close or analyst session? wait for it to finish, or raise USAGE_DUCKDB_LOCK_TIMEOUT)"
-    )
-    # A wrapper raised `from` the lock error (the storage layer's busy error) is described by its cause.
+    # A wrapper raised `from` the busy error is described by its cause.
     try:
         try:
-            raise locked
-        except duckdb.IOException as exc:
-            raise RuntimeError("still locked after 600 s") from exc
+            raise busy
+        except LakeBusyError as exc:
+            raise RuntimeError("step failed") from exc
     except RuntimeError as wrapped:
-        assert describe(wrapped).startswith("DuckDB: the file /data/usage.duckdb is locked")
+        assert describe(wrapped) == str(busy)
+    # A real DuckLake refusal: the catalog keeps its data elsewhere than USAGE_LAKE_DATA says.
+    first = Lake(catalog=f"sqlite:{tmp_path / 'c.sqlite'}", data_path=str(tmp_path / "a"))
+    with connect(first):
+        pass
+    with pytest.raises(duckdb.Error) as refused:
+        connect(Lake(catalog=first.catalog, data_path=str(tmp_path / "b"))).__enter__()
+    line = describe_infrastructure_error(refused.value, SETTINGS)
+    assert line is not None and line.startswith("DuckLake: DATA_PATH parameter"), line
+    assert "check USAGE_LAKE_DATA=/data/lake/ against USAGE_LAKE" in line
     catalog = CatalogError(["prices[2] (p_x): unknown meter 'm_y'", "meters[0]: id is empty"], "cat.yaml")
     assert describe(catalog) == (
         "catalog: cat.yaml is invalid: prices[2] (p_x): unknown meter 'm_y'; meters[0]: id is empty "
@@ -161,9 +169,10 @@ def cli_env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
         AWS_ENDPOINT_URL_S3=endpoint,
         DAGSTER_HOME=str(tmp_path / "dagster_home"),
-        USAGE_DUCKDB_PATH=str(tmp_path / "usage.duckdb"),
-        **extra,
+        USAGE_LAKE=f"sqlite:{tmp_path / 'usage.sqlite'}",
+        USAGE_LAKE_DATA=str(tmp_path / "lake"),
     )
+    env.update(extra)
     return env
 
 
@@ -219,6 +228,20 @@ def test_a_broken_catalog_stops_close_with_exit_2(tmp_path: Path, s3_endpoint: s
     result = run_cli(env, "close", "--date", date.today().isoformat(), cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr and str(catalog) in result.stderr
+
+
+def test_a_misconfigured_lake_is_one_line_for_every_command(tmp_path: Path, s3_endpoint: str) -> None:
+    # A catalog file that is not a SQLite database at all.
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"this is not a database" * 100)
+    env = cli_env(tmp_path, s3_endpoint, USAGE_LAKE=f"sqlite:{garbage}")
+    for args in (["files"], ["close", "--date", date.today().isoformat()]):
+        line = one_line(run_cli(env, *args, cwd=tmp_path))
+        assert line.startswith("DuckLake: ") and f"check USAGE_LAKE=sqlite:{garbage}" in line, line
+    # A USAGE_LAKE that is no catalog form at all.
+    env = cli_env(tmp_path, s3_endpoint, USAGE_LAKE="mysql://somewhere")
+    line = one_line(run_cli(env, "files", cwd=tmp_path))
+    assert "USAGE_LAKE" in line and "sqlite:PATH" in line, line
 
 
 # --- S3 faults through the proxy ----------------------------------------------------------------------

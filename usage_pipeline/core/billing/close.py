@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -12,9 +13,19 @@ import pyarrow as pa
 
 from usage_pipeline.core.billing import sql
 from usage_pipeline.core.billing.pricing import rate
+from usage_pipeline.core.billing.revisions import (
+    InvoiceRevision,
+    RevisionCounts,
+    compare_lines,
+    label_commit,
+    lake_snapshot,
+    record_revisions,
+    workspace_revisions,
+)
 from usage_pipeline.core.catalog.model import Catalog
 from usage_pipeline.core.catalog.publish import catalog_relations
-from usage_pipeline.core.storage.lake import registered, transact
+from usage_pipeline.core.metering.meter import compute_metering, periods_table, plan_close
+from usage_pipeline.core.storage.lake import registered, scratch, transact
 from usage_pipeline.core.storage.values import QUANTITY_TYPE, naive_utc
 
 AMOUNT_TYPE = pa.decimal128(38, 4)
@@ -35,6 +46,21 @@ class BillingResult:
     invoices: int
     lines: int
     totals: tuple[CurrencyTotal, ...] = field(default_factory=tuple)
+    revised: RevisionCounts = field(default_factory=RevisionCounts)
+    close_id: str | None = None  # in the lake commit's extra info and in each revision it appended
+
+
+@dataclass(frozen=True)
+class ClosePreview:
+    """What closing a date now would do, computed and thrown away (`close --dry-run`)."""
+
+    close_date: date
+    snapshot_id: int | None  # the lake snapshot it read; None when the lake was never written
+    periods: int
+    periods_not_over: int
+    invoices: int
+    lines: int
+    revisions: tuple[InvoiceRevision, ...]
 
 
 def _ratings(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> pa.Table:
@@ -90,30 +116,65 @@ def drop_workspace(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def close_billing(
-    conn: duckdb.DuckDBPyConnection, catalog: Catalog, close_date: date, now: datetime | None = None
+    conn: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    close_date: date,
+    now: datetime | None = None,
+    run_id: str | None = None,
 ) -> BillingResult:
     """Rate the stored closed periods and meter usage of `close_date` into invoice_line_items and
-    pending_invoices, replacing the date's previous rows in one transaction."""
+    pending_invoices, replacing the date's previous rows in one transaction, and append a revision to
+    each invoice that changes (SPEC 5); the commit is labelled with the close's id."""
     now = now or datetime.now(UTC)
+    close_id = str(uuid.uuid4())
 
-    def bill() -> tuple[int, tuple[CurrencyTotal, ...]]:
+    def bill() -> tuple[int, tuple[CurrencyTotal, ...], RevisionCounts]:
         conn.execute(sql.CREATE_STORED_PERIODS, {"close_date": close_date})
         conn.execute(sql.CREATE_STORED_USAGE, {"close_date": close_date})
         rate_periods(conn, catalog, "rt_stored_periods", "rt_stored_usage")
+        # Compared before write_billing deletes the date's old lines.
+        revised = record_revisions(conn, close_date, now, run_id=run_id, close_id=close_id)
         write_billing(conn, close_date, now)
+        label_commit(conn, close_date, run_id, close_id)
         (periods,) = conn.execute(sql.STORED_PERIOD_COUNT).fetchall()[0]
         totals = tuple(
             CurrencyTotal(currency, total, int(invoices), int(lines))
             for currency, total, invoices, lines in conn.execute(sql.TOTALS_BY_CURRENCY).fetchall()
         )
         drop_workspace(conn)
-        return periods, totals
+        return periods, totals, revised
 
-    periods, totals = transact(conn, bill, what=f"billing {close_date}")
+    periods, totals, revised = transact(conn, bill, what=f"billing {close_date}")
     return BillingResult(
         close_date=close_date,
         periods=int(periods),
         invoices=sum(t.invoices for t in totals),
         lines=sum(t.lines for t in totals),
         totals=totals,
+        revised=revised,
+        close_id=close_id,
     )
+
+
+def preview_close(
+    conn: duckdb.DuckDBPyConnection, catalog: Catalog, close_date: date, now: datetime | None = None
+) -> ClosePreview:
+    """Meter and rate `close_date` as its close would now (metering asset, then billing asset) and
+    compare with the stored invoices, in a workspace that is rolled back: nothing is written."""
+    now = now or datetime.now(UTC)
+    plan = plan_close(catalog, close_date, now)
+    with scratch(conn):
+        with registered(conn, {"mt_plan": periods_table(plan.periods)}):
+            compute_metering(conn, catalog, "mt_plan")
+        rate_periods(conn, catalog, "mt_periods", "mt_usage")
+        compare_lines(conn, close_date)
+        invoices, lines = conn.execute(sql.WORKSPACE_INVOICE_COUNT).fetchall()[0]
+        return ClosePreview(
+            close_date=close_date,
+            snapshot_id=lake_snapshot(conn),
+            periods=len(plan.periods),
+            periods_not_over=len(plan.not_over),
+            invoices=int(invoices),
+            lines=int(lines or 0),
+            revisions=workspace_revisions(conn),
+        )

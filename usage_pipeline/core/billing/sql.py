@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from usage_pipeline.core.metering.sql import COUNTED
+from usage_pipeline.core.storage.lake import LAKE_ALIAS
 
 # The stored closed periods and metered usage of one close date: the input of rating.
 CREATE_STORED_PERIODS = """
@@ -88,15 +89,133 @@ INSERT_INVOICES = """
     FROM rt_invoices
 """
 
+WORKSPACE_INVOICE_COUNT = "SELECT count(*), sum(line_count) FROM rt_invoices"
+
 TOTALS_BY_CURRENCY = """
     SELECT currency, CAST(sum(total) AS DECIMAL(38, 4)) AS total, count(*) AS invoices,
            CAST(sum(line_count) AS BIGINT) AS lines
     FROM rt_invoices GROUP BY currency ORDER BY currency
 """
 
+# --- invoice revisions (SPEC 5): what a (re-)close changes, per invoice -------------------------------
+
+
+def _decimal_text(column: str) -> str:
+    """A decimal column as exact JSON text, never a float: "300", "100.5" (both column types have a
+    scale, so the text holds a point and trimming zeros stops there)."""
+    return f"rtrim(rtrim(CAST({column} AS VARCHAR), '0'), '.')"
+
+
+# The lines of the close date that rt_lines adds, removes or changes (quantity or amount; a line's id is
+# its invoice and price, so the price never changes under one id). Run before the old lines are deleted.
+CREATE_LINE_CHANGES = """
+    CREATE OR REPLACE TEMP TABLE rv_line_changes AS
+    WITH stored AS (
+        SELECT line_item_id, invoice_id, price_id, meter_id, quantity, amount
+        FROM invoice_line_items WHERE close_date = $close_date)
+    SELECT coalesce(n.invoice_id, o.invoice_id) AS invoice_id,
+           coalesce(n.line_item_id, o.line_item_id) AS line_item_id,
+           CASE WHEN o.line_item_id IS NULL THEN 'added'
+                WHEN n.line_item_id IS NULL THEN 'removed'
+                ELSE 'changed' END AS change,
+           coalesce(n.price_id, o.price_id) AS price_id, coalesce(n.meter_id, o.meter_id) AS meter_id,
+           o.quantity AS old_quantity, n.quantity AS new_quantity,
+           o.amount AS old_amount, n.amount AS new_amount
+    FROM stored AS o
+    FULL JOIN rt_lines AS n ON n.line_item_id = o.line_item_id
+    WHERE o.line_item_id IS NULL OR n.line_item_id IS NULL OR o.quantity <> n.quantity OR o.amount <> n.amount
+"""
+
+# One revision per invoice with at least one changed line (a new invoice: every line added), numbered
+# after the invoice's last revision; an invoice id belongs to one close date (its period end's day).
+CREATE_REVISIONS = f"""
+    CREATE OR REPLACE TEMP TABLE rv_revisions AS
+    WITH changed AS (
+        SELECT invoice_id,
+               count(*) FILTER (WHERE change = 'added') AS lines_added,
+               count(*) FILTER (WHERE change = 'removed') AS lines_removed,
+               count(*) FILTER (WHERE change = 'changed') AS lines_changed,
+               CAST(to_json(list(json_object(
+                   'change', change, 'line_item_id', line_item_id, 'price_id', price_id, 'meter_id', meter_id,
+                   'old_quantity', {_decimal_text("old_quantity")},
+                   'new_quantity', {_decimal_text("new_quantity")},
+                   'old_amount', {_decimal_text("old_amount")},
+                   'new_amount', {_decimal_text("new_amount")})
+                   ORDER BY price_id)) AS JSON) AS changes
+        FROM rv_line_changes GROUP BY invoice_id),
+    stored AS (
+        SELECT invoice_id, subscription_id, currency, total
+        FROM pending_invoices WHERE close_date = $close_date),
+    revised AS (
+        SELECT invoice_id, max(revision) AS revision
+        FROM invoice_revisions WHERE close_date = $close_date GROUP BY invoice_id)
+    SELECT c.invoice_id, CAST(coalesce(r.revision, 0) + 1 AS INTEGER) AS revision,
+           coalesce(n.subscription_id, o.subscription_id) AS subscription_id,
+           coalesce(n.currency, o.currency) AS currency,
+           o.total AS total_before, n.total AS total_after,
+           c.lines_added, c.lines_removed, c.lines_changed, c.changes
+    FROM changed AS c
+    LEFT JOIN rt_invoices AS n ON n.invoice_id = c.invoice_id
+    LEFT JOIN stored AS o ON o.invoice_id = c.invoice_id
+    LEFT JOIN revised AS r ON r.invoice_id = c.invoice_id
+"""
+
+REVISION_COLUMNS = (
+    "invoice_id, revision, close_date, subscription_id, currency, snapshot_id, closed_at, run_id, close_id, "
+    "total_before, total_after, lines_added, lines_removed, lines_changed, changes"
+)
+
+INSERT_REVISIONS = f"""
+    INSERT INTO invoice_revisions ({REVISION_COLUMNS})
+    SELECT invoice_id, revision, $close_date, subscription_id, currency, $snapshot_id, $closed_at, $run_id,
+           $close_id, total_before, total_after, lines_added, lines_removed, lines_changed, changes
+    FROM rv_revisions
+"""
+
+REVISION_COUNTS = """
+    SELECT count(*), coalesce(sum(lines_added), 0), coalesce(sum(lines_removed), 0),
+           coalesce(sum(lines_changed), 0)
+    FROM rv_revisions
+"""
+
+# What a revision says, as revisions.py reads it: from the workspace (a dry run) or the stored table.
+_REVISION_FIELDS = (
+    "invoice_id, revision, subscription_id, currency, total_before, total_after, "
+    "lines_added, lines_removed, lines_changed, changes"
+)
+WORKSPACE_REVISIONS = f"SELECT {_REVISION_FIELDS} FROM rv_revisions ORDER BY subscription_id, invoice_id"
+STORED_REVISIONS = f"""
+    SELECT {_REVISION_FIELDS} FROM invoice_revisions
+    WHERE invoice_id = $invoice_id ORDER BY revision
+"""
+
+# DuckLake commit metadata of a close, in the close's transaction: lake.snapshots() shows it.
+SET_COMMIT_MESSAGE = (
+    f"CALL {LAKE_ALIAS}.set_commit_message('usage_pipeline', $message, extra_info => $extra_info)"
+)
+
+# The snapshot a revision's close committed: its data holds the lines that revision describes.
+REVISION_LINES_SNAPSHOT = f"""
+    SELECT s.snapshot_id
+    FROM invoice_revisions AS r
+    JOIN {LAKE_ALIAS}.snapshots() AS s
+      ON CASE WHEN json_valid(s.commit_extra_info) THEN s.commit_extra_info ->> 'close_id' END = r.close_id
+    WHERE r.invoice_id = $invoice_id AND r.revision = $revision
+"""
+
+HAS_LAKE = "SELECT count(*) FROM duckdb_databases() WHERE database_name = $alias"
+
 DROP_WORKSPACE = [
     f"DROP TABLE IF EXISTS {t}"
-    for t in ("rt_stored_periods", "rt_stored_usage", "rt_candidates", "rt_lines", "rt_invoices")
+    for t in (
+        "rt_stored_periods",
+        "rt_stored_usage",
+        "rt_candidates",
+        "rt_lines",
+        "rt_invoices",
+        "rv_line_changes",
+        "rv_revisions",
+    )
 ]
 
 # --- checks on a stored close date ------------------------------------------------------------------

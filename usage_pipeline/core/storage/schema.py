@@ -206,17 +206,21 @@ TABLES: dict[str, str] = {
             close_date      DATE NOT NULL,
             subscription_id VARCHAR NOT NULL,
             currency        VARCHAR NOT NULL,
-            snapshot_id     BIGINT NOT NULL,     -- the lake snapshot the close read; query AT (VERSION => …)
-                                                 -- snapshot_id + 1 or later for this revision's lines
+            snapshot_id     BIGINT NOT NULL,     -- the lake snapshot the close read (its inputs); the lines
+                                                 -- it wrote are in a later one (see close_id)
             closed_at       TIMESTAMP NOT NULL,
             run_id          VARCHAR,
+            close_id        VARCHAR,             -- the commit of this close: lake.snapshots() WHERE
+                                                 -- commit_extra_info->>'close_id' = close_id gives the
+                                                 -- snapshot holding this revision's lines
             total_before    {AMOUNT},            -- NULL on the first revision
             total_after     {AMOUNT},            -- NULL when the re-close removed the invoice
             lines_added     BIGINT NOT NULL,
             lines_removed   BIGINT NOT NULL,
             lines_changed   BIGINT NOT NULL,
             changes         JSON NOT NULL        -- per line: change (added, removed, changed), line_item_id,
-                                                 -- price_id, old and new quantity and amount
+                                                 -- price_id, meter_id, old and new quantity and amount
+                                                 -- (decimals as strings)
         )""",
 }
 

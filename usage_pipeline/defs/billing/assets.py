@@ -55,12 +55,13 @@ _CHECK_SPECS = [
 
 def billing(context: dg.AssetExecutionContext, lake: UsageLake, settings: PipelineSettings):
     """Rate the day's closed periods with the catalog's prices, replacing the day's line items and
-    pending invoices in one transaction (same ids on every re-close, never a duplicate)."""
+    pending invoices in one transaction (same ids on every re-close, never a duplicate) and appending a
+    revision to each invoice that changed."""
     close_date = date.fromisoformat(context.partition_key)
     catalog = load_catalog_or_fail(settings)
     started = time.perf_counter()
     with infrastructure_failures(settings.get()), lake.get_connection() as conn:
-        result = close_billing(conn, catalog, close_date, now=datetime.now(UTC))
+        result = close_billing(conn, catalog, close_date, now=datetime.now(UTC), run_id=context.run.run_id)
         checks = [invoice_totals_result(conn, close_date), lines_without_events_result(conn, close_date)]
         counts = {
             name: row_counts(conn, name, close_date) for name in ("invoice_line_items", "pending_invoices")
@@ -70,6 +71,11 @@ def billing(context: dg.AssetExecutionContext, lake: UsageLake, settings: Pipeli
         "periods_closed": result.periods,
         "invoices": result.invoices,
         "lines": result.lines,
+        # invoice_revisions: the invoices this close changed (new ones included) and how.
+        "invoices_revised": result.revised.invoices,
+        "lines_added": result.revised.lines_added,
+        "lines_removed": result.revised.lines_removed,
+        "lines_changed": result.revised.lines_changed,
         "seconds": round(time.perf_counter() - started, 3),
         **{f"total:{t.currency}": format_money(t.total, t.currency) for t in result.totals},
         **table_entries(
