@@ -62,7 +62,7 @@ def ingest() -> None:
         click.echo(f"run {run_id} failed; its files stay pending and are requested again", err=True)
     if result.deferred:
         why = (
-            "the DuckDB store is busy (another writer or an open session)" if result.store_busy else "backoff"
+            "the lake's catalog stayed busy" if result.store_busy else "backoff"
         )
         click.echo(
             f"{result.deferred} more file version(s) wait for a retry ({why}); see `usage-pipeline files`",
@@ -183,11 +183,22 @@ def _acknowledge(settings: Settings, key: str | None, reason: str | None, *, lis
 @click.option(
     "--date", "day", required=True, help="The UTC day whose ending billing periods are closed (YYYY-MM-DD)."
 )
-def close(day: str) -> None:
-    """Materialize the period-close partition of DAY (re-running regenerates it, same invoice ids)."""
-    from usage_pipeline.cli.close import run_close_command
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Compute the partition and print, per invoice, what closing it would change; write nothing.",
+)
+def close(day: str, dry_run: bool) -> None:
+    """Materialize the period-close partition of DAY (re-running regenerates it, same invoice ids).
 
-    sys.exit(run_close_command(_settings(), day))
+    With --dry-run: compute it from the lake as a close would now and print, per invoice, the lines it
+    would add, remove or change (old and new quantity and amount), then a summary; no run is started and
+    nothing is written.
+    """
+    from usage_pipeline.cli.close import run_close_command, run_dry_run_command
+
+    command = run_dry_run_command if dry_run else run_close_command
+    sys.exit(command(_settings(), day))
 
 
 @main.command()
@@ -317,21 +328,94 @@ def generate(
 
 
 @main.command()
-@click.option("--files", "n_files", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--rows", default=1_000_000, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--files", "n_files", type=click.IntRange(min=1), help="CSV files for floor vs ingest [default: 5]."
+)
+@click.option("--events-per-file", "--rows", "rows", type=click.IntRange(min=1), help="[default: 1,000,000]")
 @click.option(
     "--history",
-    default=50_000_000,
-    show_default=True,
     type=click.IntRange(min=0),
-    help="Stored events for the history-growth measurement (0 skips it).",
+    help="Stored events over a year for the history figure (0 skips it) [default: 50,000,000].",
+)
+@click.option(
+    "--same-day-history",
+    type=click.IntRange(min=0),
+    help="Stored events on the batch's own day, all inside the Stripe dedup window (0 skips it) "
+    "[default: 10,000,000].",
+)
+@click.option(
+    "--history-files",
+    type=click.IntRange(min=1),
+    help="Files ingested into each history store; the median is reported [default: 3].",
+)
+@click.option("--skip-native", is_flag=True, help="Measure the lake only, not the native DuckDB file.")
+@click.option("--skip-lake", is_flag=True, help="Measure the native DuckDB file only.")
+@click.option(
+    "--small",
+    is_flag=True,
+    help="A quick check: 2 files x 50,000 events, 1M / 200k stored, 1 history file (options still apply).",
 )
 @click.option("--workdir", default="bench/out", show_default=True)
-def bench(n_files: int, rows: int, history: int, workdir: str) -> None:
-    """Ingest throughput vs the floor (S3 GET + read_csv + plain insert), and cost vs stored history."""
-    from usage_pipeline.cli.bench import run_bench
+@click.option("--keep", is_flag=True, help="Keep the stores under --workdir.")
+def bench(
+    n_files: int | None,
+    rows: int | None,
+    history: int | None,
+    same_day_history: int | None,
+    history_files: int | None,
+    skip_native: bool,
+    skip_lake: bool,
+    small: bool,
+    workdir: str,
+    keep: bool,
+) -> None:
+    """Ingest vs the floor (S3 GET + read_csv + plain INSERT) and cost vs stored history, on the lake
+    (SQLite catalog + Parquet) and on a native DuckDB file."""
+    from usage_pipeline.cli.bench import BenchConfig, run_bench, with_overrides
 
-    run_bench(n_files=n_files, rows=rows, history=history, workdir=Path(workdir))
+    storages = tuple(k for k, skip in (("lake", skip_lake), ("native", skip_native)) if not skip)
+    if not storages:
+        raise click.UsageError("--skip-lake and --skip-native leave nothing to measure")
+    config = with_overrides(
+        BenchConfig.small() if small else BenchConfig(),
+        files=n_files,
+        events_per_file=rows,
+        history=history,
+        same_day_history=same_day_history,
+        history_files=history_files,
+        storages=storages,
+    )
+    run_bench(config=config, workdir=Path(workdir), keep=keep)
+
+
+@main.command()
+@click.argument("query", required=False)
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header instead of a table.")
+@click.option(
+    "--snapshot",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Query the lake as of snapshot N (SELECT * FROM snapshots() lists them).",
+)
+@click.option(
+    "--print-attach",
+    is_flag=True,
+    help="Print the LOAD / ATTACH … (READ_ONLY) statements for your own DuckDB 1.5.5 session.",
+)
+def sql(query: str | None, as_csv: bool, snapshot: int | None, print_attach: bool) -> None:
+    """Run QUERY on the lake, read-only, and print a table (or CSV); with no QUERY, a read-only prompt
+    (statements end with ';', .tables, .quit; piped statements are read from stdin).
+
+    Exit 0, or 2 on a SQL error, a refused write (usage-pipeline sql never writes) or a lake that was
+    never created.
+    """
+    from usage_pipeline.cli.sql import run_sql_command
+    from usage_pipeline.cli.sql_output import Format
+    from usage_pipeline.settings import lake_of
+
+    fmt: Format = "csv" if as_csv else "table"
+    lake = lake_of(_settings())
+    sys.exit(run_sql_command(lake, query, fmt=fmt, snapshot=snapshot, print_attach=print_attach))
 
 
 if __name__ == "__main__":  # pragma: no cover
