@@ -120,7 +120,7 @@ def lake_of(settings: Settings) -> Lake:
     """The lake the settings name, with the S3 access of the usage bucket for an s3:// data path."""
     secret: dict[str, str] = {}
     if settings.lake_data.startswith("s3://"):
-        from usage_pipeline.core.storage.s3_secret import httpfs_secret
+        from usage_pipeline.core.ingest.s3 import httpfs_secret
 
         secret = httpfs_secret(settings.s3_endpoint_url)
     return Lake(

@@ -36,9 +36,11 @@ ALLOWED: dict[str, set[str]] = {
         "defs.catalog",
         "defs.metering",
     },
+    "defs.maintenance": {"core", "defs.resources", "defs.metadata"},
     "cli": {"core", "defs", "definitions"},
     "definitions": {"defs"},
-    "settings": set(),
+    # The settings name the lake (core.storage) and give an s3:// lake the usage bucket's S3 access.
+    "settings": {"core.storage", "core.ingest"},
 }
 
 
