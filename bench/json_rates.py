@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/json_rates.py                      # 1M Stripe rows, best of 3
     .venv/bin/python bench/json_rates.py --rows 200000 --layout chargebee --repeat 5
-    .venv/bin/python bench/json_rates.py --ingest             # the whole ingest step into a DuckDB file
+    .venv/bin/python bench/json_rates.py --ingest             # the whole ingest step into a lake
+    .venv/bin/python bench/json_rates.py --ingest --store native  # … into a native DuckDB file
 
 With --ingest, what is timed is the ingest step of one file (parse, validate, dedup against the store,
-rejects, ledger row, one transaction) into a fresh DuckDB file, the bytes served from memory (no S3), so
-the formats' per-event cost is compared on equal terms.
+rejects, ledger row, one transaction) into a fresh store, the bytes served from memory (no S3), so the
+formats' per-event cost is compared on equal terms. The store is a DuckLake lake (SQLite catalog +
+Parquet, opened by lake.connect as the product does) or, with --store native, a DuckDB file
+(duckdb.connect + ensure_schema, where the product's transactions are plain BEGIN/COMMIT).
 
 The bytes come from usage_pipeline.cli.generate (no errors, no duplicates); only parse_file is timed
 (decompression, reading, layout detection, validation, in-file deduplication). Wall-clock rows/s is the
@@ -23,14 +26,19 @@ import argparse
 import gc
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+
+import duckdb
 
 from usage_pipeline.cli.generate import generate_usage_file
 from usage_pipeline.core.ingest.model import FileVersion, ValidationLimits
 from usage_pipeline.core.ingest.parse import parse_file
 from usage_pipeline.core.ingest.runner import ingest_files
-from usage_pipeline.core.storage.connection import connect
+from usage_pipeline.core.storage.lake import Lake, connect
+from usage_pipeline.core.storage.schema import ensure_schema
 
 ARRIVAL = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -55,10 +63,28 @@ def rate(layout: str, fmt: str, rows: int, repeat: int, error_rate: float) -> tu
     return rows / best, rows / best_cpu, accepted, len(data)
 
 
+@contextmanager
+def fresh_store(store: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to a new, empty store in a temporary folder: a lake, or a native DuckDB file."""
+    with tempfile.TemporaryDirectory() as folder:
+        if store == "lake":
+            with connect(
+                Lake(catalog=f"sqlite:{folder}/catalog.sqlite", data_path=f"{folder}/data/")
+            ) as conn:
+                yield conn
+            return
+        conn = duckdb.connect(str(Path(folder) / "bench.duckdb"))
+        try:
+            ensure_schema(conn)
+            yield conn
+        finally:
+            conn.close()
+
+
 def ingest_rate(
-    layout: str, fmt: str, rows: int, repeat: int, error_rate: float
+    layout: str, fmt: str, rows: int, repeat: int, error_rate: float, store: str = "lake"
 ) -> tuple[float, float, int, int]:
-    """The same as `rate`, timing the ingest step of the file into a fresh DuckDB file each time."""
+    """The same as `rate`, timing the ingest step of the file into a fresh store each time."""
     data = generate_usage_file(
         layout=layout, fmt=fmt, rows=rows, arrival=ARRIVAL, seed=1, error_rate=error_rate
     )  # type: ignore[arg-type]
@@ -66,7 +92,7 @@ def ingest_rate(
     accepted = 0
     for i in range(repeat):
         gc.collect()
-        with tempfile.TemporaryDirectory() as folder, connect(str(Path(folder) / "bench.duckdb")) as conn:
+        with fresh_store(store) as conn:
             file = FileVersion(key=f"bench/usage-{i}.{fmt}", etag="e", size=len(data), last_modified=ARRIVAL)
             start, start_cpu = time.perf_counter(), time.process_time()
             report = ingest_files(
@@ -92,14 +118,18 @@ def main() -> None:
     parser.add_argument("--formats", default="csv,jsonl,json")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--error-rate", type=float, default=0.0)
-    parser.add_argument("--ingest", action="store_true", help="time the whole ingest step into DuckDB")
+    parser.add_argument("--ingest", action="store_true", help="time the whole ingest step into a store")
+    parser.add_argument(
+        "--store", choices=["lake", "native"], default="lake", help="with --ingest: a lake or a DuckDB file"
+    )
     args = parser.parse_args()
-    measure = ingest_rate if args.ingest else rate
     rates = {}
     for fmt in args.formats.split(","):
-        rows_per_s, rows_per_cpu_s, accepted, size = measure(
-            args.layout, fmt, args.rows, args.repeat, args.error_rate
-        )
+        if args.ingest:
+            measured = ingest_rate(args.layout, fmt, args.rows, args.repeat, args.error_rate, args.store)
+        else:
+            measured = rate(args.layout, fmt, args.rows, args.repeat, args.error_rate)
+        rows_per_s, rows_per_cpu_s, accepted, size = measured
         rates[fmt] = (rows_per_s, rows_per_cpu_s)
         print(
             f"{args.layout:9} {fmt:6} {args.rows:>10,} rows {size / 1e6:8.1f} MB  "

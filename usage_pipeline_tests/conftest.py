@@ -13,6 +13,7 @@ import pytest
 from usage_pipeline.cli.local_s3 import local_s3, s3_client
 from usage_pipeline.core.storage.lake import Lake, connect, read_only
 from usage_pipeline.settings import Settings, lake_of
+from usage_pipeline_tests.postgres import PostgresServer, postgres_server, unavailable_reason
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +70,31 @@ def lake_rows(settings: Settings, query: str, params: object = None) -> list[tup
     """A read-only query on the settings' lake, as an analyst would run it; [] when it was never created."""
     with read_only(lake_of(settings)) as conn:
         return [] if conn is None else conn.execute(query, params).fetchall()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server on loopback for the session (skipped, with the reason, where the
+    server binaries are not installed)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_settings(settings: Settings, postgres: PostgresServer, s3) -> Settings:
+    """The many-machines configuration: a Postgres catalog (a new database) and the lake's data on S3
+    (a new bucket on the same local S3 server as the usage files)."""
+    data_bucket = f"lake-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=data_bucket)
+    return settings.model_copy(
+        update={
+            "lake": f"postgres:{postgres.dsn(postgres.create_database())}",
+            "lake_data": f"s3://{data_bucket}/lake/",
+        }
+    )
 
 
 @pytest.fixture

@@ -90,8 +90,9 @@ def run_demo(settings: Settings) -> int:
 
     click.echo(
         f"\nDone in {time.perf_counter() - started:.1f} s. Lake: {lake_of(settings).describe()}, data in "
-        f"{settings.lake_data} (tables ingested_files, usage_events, rejected_events, meter_usage, invoice_line_items, "
-        f"pending_invoices; view line_item_events). Dagster runs: {instance.root_directory} "
+        f"{settings.lake_data} (tables ingested_files, usage_events, rejected_events, meter_usage, "
+        f"invoice_line_items, pending_invoices, invoice_revisions; view line_item_events). "
+        f"Dagster runs: {instance.root_directory} "
         "— see them with `usage-pipeline dev`; query the lake with `usage-pipeline sql`."
     )
     return EXIT_OK if close.success and not result.failed_runs else EXIT_FAILED

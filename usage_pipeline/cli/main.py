@@ -46,6 +46,7 @@ def ingest() -> None:
     from usage_pipeline.definitions import build_definitions
 
     settings = _settings()
+    check_lake(settings)
     try:
         result = run_ingest(get_instance(), build_definitions(settings), settings)
     except IngestBusyError as exc:
@@ -61,9 +62,7 @@ def ingest() -> None:
     for run_id in result.failed_runs:
         click.echo(f"run {run_id} failed; its files stay pending and are requested again", err=True)
     if result.deferred:
-        why = (
-            "the lake's catalog stayed busy" if result.store_busy else "backoff"
-        )
+        why = "the lake's catalog stayed busy" if result.store_busy else "backoff"
         click.echo(
             f"{result.deferred} more file version(s) wait for a retry ({why}); see `usage-pipeline files`",
             err=True,
@@ -201,6 +200,16 @@ def close(day: str, dry_run: bool) -> None:
     sys.exit(command(_settings(), day))
 
 
+def check_lake(settings: Settings) -> None:
+    """Open the lake for writing (creating it when new) before any run exists: an unreachable or
+    misconfigured catalog or data path is one line and exit 2, not a failed run."""
+    from usage_pipeline.core.storage.lake import connect
+    from usage_pipeline.settings import lake_of
+
+    with connect(lake_of(settings)):
+        pass
+
+
 @main.command()
 def demo() -> None:
     """Local S3 endpoint, sample files (both layouts, bad rows, duplicates), ingest, close; print it all."""
@@ -331,7 +340,13 @@ def generate(
 @click.option(
     "--files", "n_files", type=click.IntRange(min=1), help="CSV files for floor vs ingest [default: 5]."
 )
-@click.option("--events-per-file", "--rows", "rows", type=click.IntRange(min=1), help="[default: 1,000,000]")
+@click.option(
+    "--events-per-file",
+    "--rows",
+    "rows",
+    type=click.IntRange(min=1),
+    help="Events per file [default: 1,000,000].",
+)
 @click.option(
     "--history",
     type=click.IntRange(min=0),

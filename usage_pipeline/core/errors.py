@@ -171,11 +171,67 @@ def _describe_s3(exc: BaseException, settings: Settings) -> str | None:
 _LAKE_WORDS = ("ducklake", "data_path", "sqlite", "postgres", "not a database", "database is locked")
 
 
+_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """A message with any Postgres password in it blanked out."""
+    return _URL_PASSWORD.sub(r"\1***@", _PASSWORD.sub(r"\1***", text))
+
+
+def _lake_name(settings: Settings) -> str:
+    from usage_pipeline.core.storage.lake import Lake
+
+    try:
+        return Lake(catalog=settings.lake).describe()
+    except ValueError:
+        return redact(settings.lake)
+
+
+def _describe_postgres(exc: BaseException, settings: Settings) -> str | None:
+    """The lake's Postgres catalog unreachable or refusing us (psycopg, or DuckDB's postgres scanner)."""
+    import psycopg2
+
+    text = str(exc)
+    from_duckdb = (
+        isinstance(exc, duckdb.Error)
+        and "postgres" in text.lower()
+        and ("connect" in text.lower() or "authentication" in text.lower())
+    )
+    if not isinstance(exc, psycopg2.OperationalError) and not from_duckdb:
+        return None
+    first = redact(next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__))
+    lowered = text.lower()
+    if "password authentication failed" in lowered:
+        what = "the password was refused"
+    elif "does not exist" in lowered:
+        what = "the database or user does not exist"
+    elif "connection refused" in lowered or "could not connect" in lowered or "timeout" in lowered:
+        what = "the server is not reachable"
+    else:
+        what = "the server refused or dropped the connection"
+    return (
+        f"Postgres (lake catalog): {what}: {first} "
+        f"(check USAGE_LAKE={_lake_name(settings)}: host, port, user, password, dbname)"
+    )
+
+
 def _describe_lake(exc: BaseException, settings: Settings) -> str | None:
-    from usage_pipeline.core.storage.lake import Lake, LakeBusyError, LakeConfigError
+    from usage_pipeline.core.storage.lake import LakeBusyError, LakeConfigError
 
     if isinstance(exc, LakeBusyError | LakeConfigError):
-        return f"{exc}"
+        return redact(f"{exc}")
+    if isinstance(exc, duckdb.HTTPException) or (
+        isinstance(exc, duckdb.Error) and "s3://" in str(exc) and "HTTP" in str(exc)
+    ):
+        text = str(exc)
+        first = text.splitlines()[0] if text else type(exc).__name__
+        reason = next((line.strip() for line in text.splitlines()[1:] if line.strip()), "")
+        return (
+            f"S3 (lake data): {first}{f' — {reason}' if reason else ''} "
+            f"(check USAGE_LAKE_DATA={settings.lake_data}, AWS_ENDPOINT_URL_S3 and the S3 credentials)"
+        )
     # SQL mistakes (a bug) are not the lake's configuration: only errors that name the lake's parts.
     if not isinstance(exc, duckdb.Error) or isinstance(
         exc, duckdb.CatalogException | duckdb.BinderException | duckdb.ParserException
@@ -185,11 +241,8 @@ def _describe_lake(exc: BaseException, settings: Settings) -> str | None:
     lowered = text.lower()
     if not any(word in lowered for word in _LAKE_WORDS):
         return None
-    try:
-        where = Lake(catalog=settings.lake).describe()
-    except ValueError:
-        where = settings.lake
-    first = text.splitlines()[0] if text else type(exc).__name__
+    where = _lake_name(settings)
+    first = redact(text.splitlines()[0] if text else type(exc).__name__)
     if "data_path" in lowered:
         return (
             f"DuckLake: {first} (the catalog {where} keeps its data elsewhere: check USAGE_LAKE_DATA="
@@ -228,7 +281,7 @@ def describe_infrastructure_error(exc: BaseException, settings: Settings | None 
     for error in _chain(exc):
         if isinstance(error, ConfigError):
             return f"configuration: {error}"
-        for describe in (_describe_s3, _describe_lake, _describe_catalog):
+        for describe in (_describe_s3, _describe_postgres, _describe_lake, _describe_catalog):
             line = describe(error, settings)
             if line:
                 return " ".join(line.split())  # one line, whatever the service's message held

@@ -54,7 +54,8 @@ while not stop.exists():
         half_closes = conn.execute(
             "SELECT i.invoice_id, i.total, i.line_count, sum(l.amount), count(l.line_item_id) "
             "FROM pending_invoices i LEFT JOIN invoice_line_items l USING (invoice_id) "
-            "GROUP BY ALL HAVING i.total <> coalesce(sum(l.amount), 0) OR i.line_count <> count(l.line_item_id)"
+            "GROUP BY ALL "
+            "HAVING i.total <> coalesce(sum(l.amount), 0) OR i.line_count <> count(l.line_item_id)"
         ).fetchall()
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM ingested_files), (SELECT count(*) FROM usage_events), "

@@ -6,14 +6,20 @@ knows the catalog, the data path or the extensions. The extensions come from the
 `duckdb-extension-*` wheels and are loaded by path with signature checking on: nothing is downloaded.
 
 Writers: DuckLake commits optimistically. On a SQLite or DuckDB-file catalog two overlapping write
-transactions cannot both commit ("database is locked"), so writers on one machine take turns through a
-lock file beside the catalog (held for a transaction, never while reading S3 or parsing), and any commit
-that still fails on a busy catalog or a conflict is retried whole, with a bounded, logged wait.
+transactions cannot both commit ("database is locked"); on a Postgres catalog two transactions that
+insert the same rows both commit. So writers take turns for each write transaction (never while reading
+S3 or parsing): through a lock file beside a file catalog (one machine), or through an advisory lock in
+the Postgres catalog's own database (many machines; the server releases it when a worker dies). A
+transaction decides from what it reads inside its turn (the ledger, above all), so two writers given the
+same file version store it once. A commit that still fails on a busy catalog or a conflict is retried
+whole, with a bounded, logged wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import importlib.util
 import os
 import random
@@ -23,10 +29,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
 from filelock import FileLock, Timeout
+
+if TYPE_CHECKING:
+    import psycopg2.extensions
 
 Log = Callable[[str], None]
 T = TypeVar("T")
@@ -120,9 +129,26 @@ class Lake:
         return f"{self.kind}:{self.location}"
 
     def exists(self) -> bool:
-        """False when the catalog file was never created (nothing was ever written); a server catalog is
-        assumed to exist (attaching says otherwise)."""
-        return not self.is_file_catalog or Path(self.location).exists()
+        """False when the catalog was never created (nothing was ever written). A Postgres catalog is
+        asked (an unreachable server raises, naming itself)."""
+        if self.is_file_catalog:
+            return Path(self.location).exists()
+        import psycopg2
+
+        pg = psycopg2.connect(self.location, connect_timeout=10)
+        try:
+            with pg.cursor() as cursor:
+                cursor.execute("SELECT to_regclass('ducklake_metadata') IS NOT NULL")
+                row = cursor.fetchone()
+        finally:
+            pg.close()
+        return bool(row and row[0])
+
+    @property
+    def turn_key(self) -> int:
+        """The advisory lock id of this lake's write turn in a Postgres catalog (one per data path)."""
+        digest = hashlib.sha256(f"usage_pipeline write turn {self.data_location}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
 
     def attach_sql(self, *, read_only: bool = False) -> str:
         """The ATTACH statement for this lake, as an analyst's DuckDB client would run it."""
@@ -154,18 +180,68 @@ def _quote(text: str) -> str:
 
 def is_retryable(exc: BaseException) -> bool:
     """A commit that failed because another writer got there first: worth doing again, whole."""
+    if isinstance(exc, TurnLostError):
+        return True
     if not isinstance(exc, duckdb.Error):
         return False
     text = str(exc).lower()
     return any(marker in text for marker in _RETRYABLE)
 
 
+class _PostgresTurn:
+    """The lake's write turn as a session advisory lock in the Postgres catalog's database: held by one
+    writer at a time across machines, released by the server when the holder's connection ends (a
+    killed worker never blocks the others)."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self._pg: psycopg2.extensions.connection | None = None
+
+    def _query(self, statement: str, params: tuple[int, ...]) -> object:
+        import psycopg2
+
+        if self._pg is None or self._pg.closed:
+            self._pg = psycopg2.connect(self.lake.location, connect_timeout=10)
+            self._pg.autocommit = True
+        with self._pg.cursor() as cursor:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+    def acquire(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._query("SELECT pg_try_advisory_lock(%s)", (self.lake.turn_key,)):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def still_held(self) -> bool:
+        """True while this session holds the turn (checked just before a COMMIT)."""
+        key = self.lake.turn_key & 0xFFFFFFFFFFFFFFFF  # a bigint lock shows as two unsigned 32-bit oids
+        held = self._query(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s",
+            (key >> 32, key & 0xFFFFFFFF),
+        )
+        return bool(held)
+
+    def release(self) -> None:
+        if self._pg is not None and not self._pg.closed:
+            self._query("SELECT pg_advisory_unlock(%s)", (self.lake.turn_key,))
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+
+
 @dataclass
 class _Writer:
-    """What a writing connection needs to take its turn: the lake, the machine-wide lock, the log."""
+    """What a writing connection needs to take its turn: the lake, its lock, the log."""
 
     lake: Lake
-    lock: FileLock | None
+    lock: FileLock | _PostgresTurn | None
     log: Log | None
 
 
@@ -191,6 +267,48 @@ def _load_extensions(conn: duckdb.DuckDBPyConnection, lake: Lake) -> None:
     if "httpfs" in lake.extensions() and lake.s3_secret:
         options = ", ".join(f"{key} {_quote(value)}" for key, value in lake.s3_secret.items())
         conn.execute(f"CREATE OR REPLACE SECRET usage_lake_s3 (TYPE s3, {options})")
+
+
+_CHECKED_DATA_PATHS: set[str] = set()
+
+
+def _check_s3_data_path(lake: Lake) -> None:
+    """An s3:// data path whose bucket is missing or refuses us fails here, naming it, before anything is
+    written (DuckDB would only find out when a commit writes its first Parquet file)."""
+    location = lake.data_location
+    if not location.startswith("s3://") or location in _CHECKED_DATA_PATHS:
+        return
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    secret = lake.s3_secret
+    endpoint = secret.get("ENDPOINT")
+    scheme = "https" if secret.get("USE_SSL", "true") == "true" else "http"
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"{scheme}://{endpoint}" if endpoint else None,
+        region_name=secret.get("REGION"),
+        aws_access_key_id=secret.get("KEY_ID"),
+        aws_secret_access_key=secret.get("SECRET"),
+        aws_session_token=secret.get("SESSION_TOKEN"),
+    )
+    bucket = location.removeprefix("s3://").split("/", 1)[0]
+    where = f"{scheme}://{endpoint}" if endpoint else "AWS"
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        problem = {404: "does not exist", 403: "refuses access (403)"}.get(status, f"answered {status}")
+        raise LakeConfigError(
+            f"S3 (lake data): bucket {bucket!r} {problem} at {where} "
+            "(check USAGE_LAKE_DATA, AWS_ENDPOINT_URL_S3 and the S3 credentials)"
+        ) from exc
+    except BotoCoreError as exc:
+        raise LakeConfigError(
+            f"S3 (lake data): cannot reach {where} for bucket {bucket!r}: {exc} "
+            "(check AWS_ENDPOINT_URL_S3 and USAGE_LAKE_DATA)"
+        ) from exc
+    _CHECKED_DATA_PATHS.add(location)
 
 
 def _prepare_file_catalog(lake: Lake) -> None:
@@ -253,9 +371,9 @@ def _attach(conn: duckdb.DuckDBPyConnection, lake: Lake, *, read_only: bool, log
             waiting.pause(_first_line(exc))
 
 
-def _write_lock(lake: Lake) -> FileLock | None:
-    if not lake.is_file_catalog:
-        return None  # a server catalog settles concurrent commits itself (and by the claims)
+def _write_lock(lake: Lake) -> FileLock | _PostgresTurn:
+    if lake.kind == "postgres":
+        return _PostgresTurn(lake)
     return FileLock(lake.location + ".write-lock", thread_local=False)
 
 
@@ -265,6 +383,7 @@ def open_lake(lake: Lake, *, log: Log | None = None) -> duckdb.DuckDBPyConnectio
 
     if lake.is_file_catalog:
         _prepare_file_catalog(lake)
+    _check_s3_data_path(lake)
     conn = _new_connection()
     try:
         _load_extensions(conn, lake)
@@ -282,7 +401,9 @@ def open_lake(lake: Lake, *, log: Log | None = None) -> duckdb.DuckDBPyConnectio
 
 def close(conn: duckdb.DuckDBPyConnection) -> None:
     with _WRITERS_LOCK:
-        _WRITERS.pop(id(conn), None)
+        writer = _WRITERS.pop(id(conn), None)
+    if writer is not None and isinstance(writer.lock, _PostgresTurn):
+        writer.lock.close()
     conn.close()
 
 
@@ -322,29 +443,46 @@ def read_only(lake: Lake) -> Iterator[duckdb.DuckDBPyConnection | None]:
 
 @contextmanager
 def _turn(conn: duckdb.DuckDBPyConnection, what: str) -> Iterator[None]:
-    """This process's turn to write a file catalog (other writers on the machine wait, aloud)."""
+    """This writer's turn (other writers wait, aloud): the lock file of a file catalog, the advisory lock
+    of a Postgres catalog."""
     writer = _WRITERS.get(id(conn))
     if writer is None or writer.lock is None:
         yield
         return
     waiting = _Waiting(writer.lake, what, writer.log)
+    step = min(5.0, max(0.0, writer.lake.busy_timeout_seconds))
     while True:
         try:
-            writer.lock.acquire(timeout=min(5.0, max(0.0, writer.lake.busy_timeout_seconds)))
-            break
+            if writer.lock.acquire(timeout=step) is not False:
+                break
         except Timeout:
-            waiting.pause("another process is writing")
+            pass
+        waiting.pause("another writer has its turn")
     try:
         yield
     finally:
         writer.lock.release()
 
 
+class TurnLostError(RuntimeError):
+    """The Postgres session holding the write turn ended before the commit (its server or network)."""
+
+
+def _check_turn(writer: _Writer | None) -> None:
+    """A Postgres turn is a session lock: if its connection dropped, another writer may have the turn
+    now, so this transaction must not commit (it is rolled back and run again in a new turn)."""
+    if writer is not None and isinstance(writer.lock, _PostgresTurn):
+        try:
+            held = writer.lock.still_held()
+        except Exception as exc:
+            raise TurnLostError(f"the write turn's Postgres session failed before the commit: {exc}") from exc
+        if not held:
+            raise TurnLostError("the write turn's Postgres session lost its lock before the commit")
+
+
 def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
-    try:
+    with contextlib.suppress(duckdb.Error):  # a failed COMMIT leaves no transaction behind
         conn.execute("ROLLBACK")
-    except duckdb.Error:
-        pass  # a failed COMMIT leaves no transaction behind
 
 
 def transact(conn: duckdb.DuckDBPyConnection, body: Callable[[], T], *, what: str = "writing") -> T:
@@ -361,6 +499,7 @@ def transact(conn: duckdb.DuckDBPyConnection, body: Callable[[], T], *, what: st
             conn.execute("BEGIN TRANSACTION")
             try:
                 result = body()
+                _check_turn(writer)
                 conn.execute("COMMIT")
                 return result
             except BaseException as exc:
@@ -416,7 +555,10 @@ def _scannable(relation: object) -> object:
         return relation.to_arrow(compat_level=pl.CompatLevel.oldest())
     if isinstance(relation, pa.Table) and any(pa.types.is_string_view(t) for t in relation.schema.types):
         schema = pa.schema(
-            [f.with_type(pa.large_string()) if pa.types.is_string_view(f.type) else f for f in relation.schema]
+            [
+                f.with_type(pa.large_string()) if pa.types.is_string_view(f.type) else f
+                for f in relation.schema
+            ]
         )
         return relation.cast(schema)
     return relation
