@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test dev lint bench bench-close clean
+.PHONY: demo test dev lint bench bench-workers bench-close clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,9 +29,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check usage_pipeline usage_pipeline_tests bench
 	$(BIN)/ruff format --check usage_pipeline usage_pipeline_tests bench
 
-## Ingest benchmark: 10 files x 1,000,000 CSV events vs the floor, and the history-growth figure
+## Ingest benchmark: 5 files x 1,000,000 CSV events vs the floor, on the lake and a native DuckDB file, and history
 bench: $(STAMP)
 	$(BIN)/usage-pipeline bench
+
+## Ingest with 1, 2 and 4 worker processes on a Postgres catalog + S3 data (needs PostgreSQL's server binaries)
+bench-workers: $(STAMP)
+	$(BIN)/python bench/workers_bench.py
 
 ## Period-close benchmark: 100,000 subscriptions, 10,000,000 events
 bench-close: $(STAMP)

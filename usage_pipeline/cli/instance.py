@@ -24,7 +24,7 @@ nux:
 
 
 def ensure_dagster_home() -> Path:
-    """Make sure DAGSTER_HOME exists and holds the project's instance config (pool limit 1 for DuckDB).
+    """Make sure DAGSTER_HOME exists and holds the project's instance config (pool limit 1 for period_close).
 
     When DAGSTER_HOME is unset, runs are kept in ./.dagster_home so that the UI (`usage-pipeline dev`)
     shows what the CLI ran; the project's dagster.yaml is copied there.

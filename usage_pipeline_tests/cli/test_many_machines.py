@@ -104,7 +104,7 @@ def test_workers_on_a_postgres_lake_on_s3_ingest_each_version_once_despite_a_kil
 
 
 def test_the_dagster_instance_on_postgres_end_to_end(
-    pg_settings: Settings, postgres: PostgresServer, s3, bucket, tmp_path: Path
+    pg_settings: Settings, postgres: PostgresServer, s3, bucket, tmp_path: Path, monkeypatch
 ):
     sizes = upload(s3, bucket, groups="a", per_group=2)
     # The project's own example instance config, as a deployment would use it.
@@ -129,6 +129,14 @@ def test_the_dagster_instance_on_postgres_end_to_end(
     revisions = lake_rows(pg_settings, "SELECT count(*) FROM invoice_revisions")[0][0]
     assert invoices > 0 and revisions == invoices
     # The runs, their check results and the close partition are in the Postgres instance.
+    for var in (
+        "DAGSTER_PG_HOST",
+        "DAGSTER_PG_PORT",
+        "DAGSTER_PG_USER",
+        "DAGSTER_PG_PASSWORD",
+        "DAGSTER_PG_DB",
+    ):
+        monkeypatch.setenv(var, env[var])
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         runs = instance.get_runs()
