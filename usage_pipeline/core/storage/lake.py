@@ -251,7 +251,7 @@ _WRITERS_LOCK = threading.Lock()
 
 
 def _new_connection() -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(
+    conn = duckdb.connect(
         ":memory:",
         config={
             "autoinstall_known_extensions": False,
@@ -259,6 +259,8 @@ def _new_connection() -> duckdb.DuckDBPyConnection:
             "custom_user_agent": "usage_pipeline",
         },
     )
+    conn.execute("SET enable_progress_bar = false")  # never a progress bar in a run's log or CLI output
+    return conn
 
 
 def _load_extensions(conn: duckdb.DuckDBPyConnection, lake: Lake) -> None:
