@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +25,14 @@ from usage_pipeline.core.billing.revisions import (
 )
 from usage_pipeline.core.catalog.model import Catalog
 from usage_pipeline.core.catalog.publish import catalog_relations
-from usage_pipeline.core.metering.meter import compute_metering, periods_table, plan_close
+from usage_pipeline.core.metering.meter import (
+    compute_ahead,
+    compute_metering,
+    is_current,
+    periods_table,
+    plan_close,
+    planned_as_written,
+)
 from usage_pipeline.core.storage.lake import registered, scratch, transact
 from usage_pipeline.core.storage.values import QUANTITY_TYPE, naive_utc
 
@@ -128,10 +136,18 @@ def close_billing(
     now = now or datetime.now(UTC)
     close_id = str(uuid.uuid4())
 
-    def bill() -> tuple[int, tuple[CurrencyTotal, ...], RevisionCounts]:
+    def rate() -> None:
         conn.execute(sql.CREATE_STORED_PERIODS, {"close_date": close_date})
         conn.execute(sql.CREATE_STORED_USAGE, {"close_date": close_date})
         rate_periods(conn, catalog, "rt_stored_periods", "rt_stored_usage")
+
+    # The lines and invoices are computed ahead of the write transaction (see compute_ahead), which
+    # uses them when it reads the same lake snapshot and otherwise rates again.
+    ahead = compute_ahead(conn, rate, lambda: drop_workspace(conn))
+
+    def bill() -> tuple[int, tuple[CurrencyTotal, ...], RevisionCounts]:
+        if not is_current(conn, ahead):
+            rate()
         # Compared before write_billing deletes the date's old lines.
         revised = record_revisions(conn, close_date, now, run_id=run_id, close_id=close_id)
         write_billing(conn, close_date, now)
@@ -144,7 +160,13 @@ def close_billing(
         drop_workspace(conn)
         return periods, totals, revised
 
-    periods, totals, revised = transact(conn, bill, what=f"billing {close_date}")
+    try:
+        periods, totals, revised = transact(conn, bill, what=f"billing {close_date}")
+    except BaseException:
+        # A workspace computed ahead was committed: it would outlive a failed close.
+        with contextlib.suppress(duckdb.Error):
+            drop_workspace(conn)
+        raise
     return BillingResult(
         close_date=close_date,
         periods=int(periods),
@@ -163,7 +185,7 @@ def preview_close(
     compare with the stored invoices, in a workspace that is rolled back: nothing is written."""
     now = now or datetime.now(UTC)
     plan = plan_close(catalog, close_date, now)
-    with scratch(conn):
+    with planned_as_written(conn), scratch(conn):
         with registered(conn, {"mt_plan": periods_table(plan.periods)}):
             compute_metering(conn, catalog, "mt_plan")
         rate_periods(conn, catalog, "mt_periods", "mt_usage")

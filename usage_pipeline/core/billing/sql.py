@@ -100,10 +100,16 @@ TOTALS_BY_CURRENCY = """
 # --- invoice revisions (SPEC 5): what a (re-)close changes, per invoice -------------------------------
 
 
-def _decimal_text(column: str) -> str:
-    """A decimal column as exact JSON text, never a float: "300", "100.5" (both column types have a
-    scale, so the text holds a point and trimming zeros stops there)."""
-    return f"rtrim(rtrim(CAST({column} AS VARCHAR), '0'), '.')"
+def _decimal_text(column: str, scale: int) -> str:
+    """A decimal column (DECIMAL(38, `scale`)) as exact JSON text, never a float: "300", "100.5" (both
+    column types have a scale, so the text holds a point and trimming zeros stops there).
+
+    DuckDB 1.5.5 prints a HUGEINT-backed decimal about 20 times slower than a BIGINT-backed one, so a
+    value that fits DECIMAL(18, `scale`) (the same scale: the same digits) is printed from there, the
+    others (and NULL) as they are: coalesce prints a row with the second form only when the first gave
+    NULL."""
+    narrow = f"CAST(TRY_CAST({column} AS DECIMAL(18, {scale})) AS VARCHAR)"
+    return f"rtrim(rtrim(coalesce({narrow}, CAST({column} AS VARCHAR)), '0'), '.')"
 
 
 # The lines of the close date that rt_lines adds, removes or changes (quantity or amount; a line's id is
@@ -128,6 +134,8 @@ CREATE_LINE_CHANGES = """
 
 # One revision per invoice with at least one changed line (a new invoice: every line added), numbered
 # after the invoice's last revision; an invoice id belongs to one close date (its period end's day).
+# The changes are listed by price_id: sorted as (price_id, change) pairs (a price has one line per
+# invoice), which DuckDB 1.5.5 does much faster than an aggregate's ORDER BY over 100k groups.
 CREATE_REVISIONS = f"""
     CREATE OR REPLACE TEMP TABLE rv_revisions AS
     WITH changed AS (
@@ -135,13 +143,13 @@ CREATE_REVISIONS = f"""
                count(*) FILTER (WHERE change = 'added') AS lines_added,
                count(*) FILTER (WHERE change = 'removed') AS lines_removed,
                count(*) FILTER (WHERE change = 'changed') AS lines_changed,
-               CAST(to_json(list(json_object(
+               CAST(to_json(list_transform(list_sort(list({{'price_id': price_id, 'change': json_object(
                    'change', change, 'line_item_id', line_item_id, 'price_id', price_id, 'meter_id', meter_id,
-                   'old_quantity', {_decimal_text("old_quantity")},
-                   'new_quantity', {_decimal_text("new_quantity")},
-                   'old_amount', {_decimal_text("old_amount")},
-                   'new_amount', {_decimal_text("new_amount")})
-                   ORDER BY price_id)) AS JSON) AS changes
+                   'old_quantity', {_decimal_text("old_quantity", 12)},
+                   'new_quantity', {_decimal_text("new_quantity", 12)},
+                   'old_amount', {_decimal_text("old_amount", 4)},
+                   'new_amount', {_decimal_text("new_amount", 4)})}})),
+                   lambda c: c.change)) AS JSON) AS changes
         FROM rv_line_changes GROUP BY invoice_id),
     stored AS (
         SELECT invoice_id, subscription_id, currency, total

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -16,8 +17,16 @@ from usage_pipeline.core.catalog.model import Catalog, Meter
 from usage_pipeline.core.catalog.periods import periods_ending_on
 from usage_pipeline.core.catalog.publish import catalog_relations
 from usage_pipeline.core.metering import sql
-from usage_pipeline.core.storage.lake import registered, transact
+from usage_pipeline.core.storage.lake import (
+    LAKE_ALIAS,
+    current_snapshot,
+    is_retryable,
+    registered,
+    transact,
+)
 from usage_pipeline.core.storage.values import TIMESTAMP_TYPE, naive_utc
+
+T = TypeVar("T")
 
 
 class ClosingPeriod(NamedTuple):
@@ -166,6 +175,47 @@ def periods_table(periods: Iterable[ClosingPeriod]) -> pa.Table:
     )
 
 
+# Join orders the optimizer must not change (see planned_as_written).
+_AS_WRITTEN = ("join_order", "build_side_probe_side")
+
+
+@contextmanager
+def planned_as_written(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Plan the statements of the block with their joins in the order the SQL writes them: the big input
+    on the probe (left) side, the small tables it looks things up in on the build (right) side.
+
+    DuckDB 1.5.5 estimates a TEMP table created in the current transaction at 0 rows (its rows are not
+    committed yet), so inside a transaction the optimizer sees the 10M-row mt_matches and the 5-row
+    mt_meters as equally small and may build its hash table on the 10M rows (seconds, where probing
+    takes a fraction). The metering SQL is written in the order to run; this turns off the two
+    optimizers that would reorder it (join order, build/probe side). Best entered outside any
+    transaction (close_metering does): see _restore_optimizers for a transaction that fails inside.
+    """
+    (previous,) = conn.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0]
+    disabled = [name.strip() for name in str(previous).split(",") if name.strip()]
+    missing = [name for name in _AS_WRITTEN if name not in disabled]
+    if not missing:
+        yield
+        return
+    conn.execute(f"SET disabled_optimizers = '{','.join(disabled + missing)}'")
+    try:
+        yield
+    finally:
+        _restore_optimizers(conn, str(previous))
+
+
+def _restore_optimizers(conn: duckdb.DuckDBPyConnection, previous: str) -> None:
+    restore = f"SET disabled_optimizers = '{previous}'"
+    try:
+        conn.execute(restore)
+    except duckdb.TransactionException:
+        # A failed statement aborted the transaction, and DuckDB accepts no SET there: the transaction
+        # can only be rolled back, so it is now (its owner's own ROLLBACK then finds none, which
+        # lake.transact and lake.scratch allow), and the setting put back.
+        conn.execute("ROLLBACK")
+        conn.execute(restore)
+
+
 def compute_metering(
     conn: duckdb.DuckDBPyConnection, catalog: Catalog, periods_relation: str
 ) -> tuple[datetime, datetime] | None:
@@ -180,7 +230,10 @@ def compute_metering(
     if lo is None:
         # Nothing closes: an empty window still creates the workspace tables for the writers.
         lo = hi = datetime(1970, 1, 1)
-    with registered(conn, {**catalog_relations(catalog), **meter_relations(catalog)}):
+    with (
+        registered(conn, {**catalog_relations(catalog), **meter_relations(catalog)}),
+        planned_as_written(conn),
+    ):
         conn.execute(sql.CREATE_METERS)
         conn.execute(sql.CREATE_SUBSCRIPTION_METERS)
         conn.execute(sql.CREATE_SUBSCRIPTIONS)
@@ -212,6 +265,59 @@ def write_metering(
     conn.execute(sql.INSERT_USAGE_EXCEPTIONS, {"close_date": close_date})
 
 
+def lake_snapshot(conn: duckdb.DuckDBPyConnection) -> int | None:
+    """The lake snapshot the connection reads (in a transaction: the transaction's; outside one: the
+    latest); None on a connection without the lake."""
+    rows = conn.execute(
+        "SELECT count(*) FROM duckdb_databases() WHERE database_name = $alias", {"alias": LAKE_ALIAS}
+    ).fetchall()
+    return current_snapshot(conn) if rows[0][0] else None
+
+
+class Ahead(NamedTuple, Generic[T]):
+    """A workspace computed before the write transaction, from the lake snapshot `snapshot`."""
+
+    snapshot: int
+    value: T
+
+
+def compute_ahead(
+    conn: duckdb.DuckDBPyConnection, compute: Callable[[], T], cleanup: Callable[[], None]
+) -> Ahead[T] | None:
+    """Run `compute` (which only reads the lake and creates TEMP tables) before the write transaction,
+    each statement committing on its own, and say which lake snapshot it read.
+
+    Why: DuckDB 1.5.5 scans a TEMP table created in the current transaction with a single thread, and
+    estimates it at 0 rows (its rows are not committed), so a workspace built inside the write
+    transaction is read by every later statement on one core, with blind join orders. Built here, each
+    table is committed before the next statement reads it: parallel scans, true row counts.
+
+    The snapshot is read before and after; snapshot ids only grow, so equal ids mean no commit came in
+    between and every statement read that snapshot. The write transaction uses the workspace only if it
+    reads the same snapshot (`is_current`), and otherwise computes it again itself: what is written
+    always comes from what the write transaction reads. None (compute in the write transaction) when
+    the connection has no lake, a commit came in between, or the catalog was busy.
+    """
+    before = lake_snapshot(conn)
+    if before is None:
+        return None
+    try:
+        value = compute()
+        after = lake_snapshot(conn)
+    except duckdb.Error as exc:
+        with contextlib.suppress(duckdb.Error):
+            cleanup()
+        if is_retryable(exc):
+            return None
+        raise
+    return Ahead(before, value) if after == before else None
+
+
+def is_current(conn: duckdb.DuckDBPyConnection, ahead: Ahead[object] | None) -> bool:
+    """True when the connection's transaction reads the snapshot `ahead` was computed from."""
+    return ahead is not None and lake_snapshot(conn) == ahead.snapshot
+
+
 def close_metering(
     conn: duckdb.DuckDBPyConnection,
     catalog: Catalog,
@@ -220,20 +326,34 @@ def close_metering(
     run_id: str | None = None,
 ) -> MeteringResult:
     """Meter every period ending on `close_date` that is over by `now` and store the result, replacing
-    the date's previous rows in one transaction (re-running is safe)."""
+    the date's previous rows in one transaction (re-running is safe).
+
+    The workspace is computed ahead of the write transaction (compute_ahead); the write transaction
+    copies it when it reads the same lake snapshot, and otherwise meters again from what it reads."""
     now = now or datetime.now(UTC)
     plan = plan_close(catalog, close_date, now)
 
-    def meter() -> tuple[object, dict[str, int], int, int]:
+    def compute() -> tuple[datetime, datetime] | None:
         with registered(conn, {"mt_plan": periods_table(plan.periods)}):
-            window = compute_metering(conn, catalog, "mt_plan")
+            return compute_metering(conn, catalog, "mt_plan")
+
+    def meter() -> tuple[object, dict[str, int], int, int]:
+        window = ahead.value if ahead is not None and is_current(conn, ahead) else compute()
         write_metering(conn, close_date, now, run_id)
         exceptions = dict(conn.execute(sql.EXCEPTION_COUNTS).fetchall())
         usage_rows, events = conn.execute(sql.USAGE_TOTALS).fetchall()[0]
         drop_workspace(conn)
         return window, exceptions, usage_rows, events
 
-    window, exceptions, usage_rows, events = transact(conn, meter, what=f"metering {close_date}")
+    with planned_as_written(conn):
+        ahead = compute_ahead(conn, compute, lambda: drop_workspace(conn))
+        try:
+            window, exceptions, usage_rows, events = transact(conn, meter, what=f"metering {close_date}")
+        except BaseException:
+            # A workspace computed ahead was committed: it would outlive a failed close.
+            with contextlib.suppress(duckdb.Error):
+                drop_workspace(conn)
+            raise
     return MeteringResult(
         close_date=close_date,
         periods_closed=len(plan.periods),
