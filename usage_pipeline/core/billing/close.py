@@ -19,7 +19,6 @@ from usage_pipeline.core.billing.revisions import (
     RevisionCounts,
     compare_lines,
     label_commit,
-    lake_snapshot,
     record_revisions,
     workspace_revisions,
 )
@@ -33,7 +32,7 @@ from usage_pipeline.core.metering.meter import (
     plan_close,
     planned_as_written,
 )
-from usage_pipeline.core.storage.lake import registered, scratch, transact
+from usage_pipeline.core.storage.lake import lake_snapshot, registered, scratch, transact
 from usage_pipeline.core.storage.values import QUANTITY_TYPE, naive_utc
 
 AMOUNT_TYPE = pa.decimal128(38, 4)

@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 
 from usage_pipeline.core.billing import sql
-from usage_pipeline.core.storage.lake import LAKE_ALIAS, current_snapshot
+from usage_pipeline.core.storage.lake import current_snapshot
 from usage_pipeline.core.storage.values import naive_utc
 
 
@@ -154,10 +154,3 @@ def revision_lines_snapshot(conn: duckdb.DuckDBPyConnection, invoice_id: str, re
     if not rows:
         raise LookupError(f"no lake snapshot for revision {revision} of invoice {invoice_id}")
     return int(rows[0][0])
-
-
-def lake_snapshot(conn: duckdb.DuckDBPyConnection) -> int | None:
-    """The lake snapshot the connection's transaction reads; None on a connection without the lake."""
-    if not conn.execute(sql.HAS_LAKE, {"alias": LAKE_ALIAS}).fetchall()[0][0]:
-        return None
-    return current_snapshot(conn)

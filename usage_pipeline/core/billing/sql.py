@@ -211,8 +211,6 @@ REVISION_LINES_SNAPSHOT = f"""
     WHERE r.invoice_id = $invoice_id AND r.revision = $revision
 """
 
-HAS_LAKE = "SELECT count(*) FROM duckdb_databases() WHERE database_name = $alias"
-
 DROP_WORKSPACE = [
     f"DROP TABLE IF EXISTS {t}"
     for t in (

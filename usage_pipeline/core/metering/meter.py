@@ -18,9 +18,8 @@ from usage_pipeline.core.catalog.periods import periods_ending_on
 from usage_pipeline.core.catalog.publish import catalog_relations
 from usage_pipeline.core.metering import sql
 from usage_pipeline.core.storage.lake import (
-    LAKE_ALIAS,
-    current_snapshot,
     is_retryable,
+    lake_snapshot,
     registered,
     transact,
 )
@@ -263,15 +262,6 @@ def write_metering(
     conn.execute(sql.INSERT_METER_USAGE, {k: params[k] for k in ("close_date", "closed_at")})
     conn.execute(sql.INSERT_METERED_EVENTS, {"close_date": close_date})
     conn.execute(sql.INSERT_USAGE_EXCEPTIONS, {"close_date": close_date})
-
-
-def lake_snapshot(conn: duckdb.DuckDBPyConnection) -> int | None:
-    """The lake snapshot the connection reads (in a transaction: the transaction's; outside one: the
-    latest); None on a connection without the lake."""
-    rows = conn.execute(
-        "SELECT count(*) FROM duckdb_databases() WHERE database_name = $alias", {"alias": LAKE_ALIAS}
-    ).fetchall()
-    return current_snapshot(conn) if rows[0][0] else None
 
 
 class Ahead(NamedTuple, Generic[T]):

@@ -575,6 +575,15 @@ def has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(rows)
 
 
+def lake_snapshot(conn: duckdb.DuckDBPyConnection) -> int | None:
+    """The lake snapshot the connection reads (in a transaction: the transaction's; outside one: the
+    latest); None on a connection without the lake attached (a plain DuckDB file)."""
+    rows = conn.execute(
+        "SELECT count(*) FROM duckdb_databases() WHERE database_name = $alias", {"alias": LAKE_ALIAS}
+    ).fetchall()
+    return current_snapshot(conn) if rows[0][0] else None
+
+
 def current_snapshot(conn: duckdb.DuckDBPyConnection) -> int:
     """The id of the lake snapshot this connection's transaction reads."""
     return int(conn.execute(f"SELECT * FROM {LAKE_ALIAS}.current_snapshot()").fetchall()[0][0])
