@@ -29,9 +29,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check usage_pipeline usage_pipeline_tests bench
 	$(BIN)/ruff format --check usage_pipeline usage_pipeline_tests bench
 
-## Ingest benchmark: 5 files x 1,000,000 CSV events vs the floor, on the lake and a native DuckDB file, and history
+## Ingest benchmark: 5 files x 1,000,000 CSV events vs the floor, on the lake and a native DuckDB file, and history;
+## then the product end to end (`usage-pipeline ingest` processes) vs the ingest step per workload, and the peers
+## (dlt in its own venv under bench/out/, a hand-written DuckDB script) on the same S3 files. BENCH_ARGS adds options.
 bench: $(STAMP)
-	$(BIN)/usage-pipeline bench
+	$(BIN)/usage-pipeline bench --peers $(BENCH_ARGS)
 
 ## Ingest with 1, 2 and 4 worker processes on a Postgres catalog + S3 data (needs PostgreSQL's server binaries)
 bench-workers: $(STAMP)

@@ -368,7 +368,39 @@ def generate(
 @click.option(
     "--small",
     is_flag=True,
-    help="A quick check: 2 files x 50,000 events, 1M / 200k stored, 1 history file (options still apply).",
+    help="A quick check of the floor / ingest / history part: 2 files x 50,000 events, 1M / 200k stored, "
+    "1 history file (options still apply).",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Everything ~20x smaller: 5 x 50k events, 2.5M / 500k stored; workloads scaled by 0.05 "
+    "(options still apply).",
+)
+@click.option("--skip-storage", is_flag=True, help="Leave out the floor / ingest / history part.")
+@click.option(
+    "--skip-history",
+    is_flag=True,
+    help="Leave out the history figures (same as --history 0 --same-day-history 0).",
+)
+@click.option("--skip-e2e", is_flag=True, help="Leave out the end-to-end workloads (and so the peers).")
+@click.option(
+    "--workloads",
+    metavar="NAMES",
+    help="End-to-end workloads, comma-separated, of: "
+    "10x1M-csv, 100x100k-csv, 100x100k-jsonl, 100x10k-csv, 1000x100-csv [default: all].",
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Resize the end-to-end workloads: rows per file times SCALE (for 1000x100-csv, the number of "
+    "files) [default: 1, 0.05 with --quick].",
+)
+@click.option(
+    "--peers/--skip-peers",
+    default=False,
+    help="Also run dlt (its own venv under --workdir, installed once) and a hand-written DuckDB script "
+    "on the same files [default: --skip-peers].",
 )
 @click.option("--workdir", default="bench/out", show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the stores under --workdir.")
@@ -381,26 +413,56 @@ def bench(
     skip_native: bool,
     skip_lake: bool,
     small: bool,
+    quick: bool,
+    skip_storage: bool,
+    skip_history: bool,
+    skip_e2e: bool,
+    workloads: str | None,
+    scale: float | None,
+    peers: bool,
     workdir: str,
     keep: bool,
 ) -> None:
     """Ingest vs the floor (S3 GET + read_csv + plain INSERT) and cost vs stored history, on the lake
-    (SQLite catalog + Parquet) and on a native DuckDB file."""
-    from usage_pipeline.cli.bench import BenchConfig, run_bench, with_overrides
+    (SQLite catalog + Parquet) and on a native DuckDB file; then the product end to end (a
+    `usage-pipeline ingest` process) vs the ingest step per workload, and with --peers dlt and a
+    hand-written DuckDB script on the same S3 files. Prints markdown tables with the targets."""
+    from usage_pipeline.cli.bench import (
+        QUICK_SCALE,
+        WORKLOAD_NAMES,
+        BenchConfig,
+        E2EConfig,
+        run_bench,
+        with_overrides,
+    )
 
     storages = tuple(k for k, skip in (("lake", skip_lake), ("native", skip_native)) if not skip)
-    if not storages:
-        raise click.UsageError("--skip-lake and --skip-native leave nothing to measure")
+    if not storages and not skip_storage:
+        raise click.UsageError(
+            "--skip-lake and --skip-native leave nothing to measure (or add --skip-storage)"
+        )
+    names = [n.strip() for n in workloads.split(",") if n.strip()] if workloads else None
+    unknown = sorted(set(names or ()) - set(WORKLOAD_NAMES))
+    if unknown:
+        raise click.UsageError(
+            f"--workloads: unknown {', '.join(unknown)}; known: {', '.join(WORKLOAD_NAMES)}"
+        )
+    if skip_storage and skip_e2e:
+        raise click.UsageError("--skip-storage and --skip-e2e leave nothing to measure")
+    base = BenchConfig.quick() if quick else BenchConfig.small() if small else BenchConfig()
     config = with_overrides(
-        BenchConfig.small() if small else BenchConfig(),
+        base,
         files=n_files,
         events_per_file=rows,
-        history=history,
-        same_day_history=same_day_history,
+        history=0 if skip_history else history,
+        same_day_history=0 if skip_history else same_day_history,
         history_files=history_files,
-        storages=storages,
+        storages=storages or base.storages,
     )
-    run_bench(config=config, workdir=Path(workdir), keep=keep)
+    e2e = None
+    if not skip_e2e:
+        e2e = E2EConfig.of(names, scale if scale is not None else QUICK_SCALE if quick else 1.0, peers)
+    run_bench(config=config, workdir=Path(workdir), keep=keep, e2e=e2e, storage=not skip_storage)
 
 
 @main.command()
