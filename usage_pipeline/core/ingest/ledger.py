@@ -86,6 +86,15 @@ def start_attempts(
         transact(conn, count, what="counting attempts")
 
 
+def delete_attempts(conn: duckdb.DuckDBPyConnection, files: Iterable[FileVersion]) -> None:
+    """Forget the attempts of these versions (inside the transaction that writes their ledger rows)."""
+    asked = _asked(files)
+    if asked.is_empty():
+        return
+    with registered(conn, {"asked": asked}):
+        conn.execute(sql.DELETE_ATTEMPTS_OF_ASKED)
+
+
 def record_attempt_error(
     conn: duckdb.DuckDBPyConnection, file: FileVersion, run_id: str | None, error: str
 ) -> None:

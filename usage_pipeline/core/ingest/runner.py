@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from usage_pipeline.core.ingest.model import (
 )
 from usage_pipeline.core.ingest.parse import parse_file
 from usage_pipeline.core.ingest.s3 import ObjectGone
-from usage_pipeline.core.ingest.store import FileOutcome, ledger_outcome, write_file_version
+from usage_pipeline.core.ingest.store import FileOutcome, ledger_outcome, write_file_group, write_file_version
 from usage_pipeline.core.text import plural
 
 FILE_ROW_COLUMNS = (
@@ -190,19 +191,44 @@ def superseded(listed: FileVersion, read: FileVersion) -> ParsedFile:
     )
 
 
+# Loading ahead of the writer: small files are mostly S3 round trips, so several load side by side; big
+# files one at a time (no more than PREFETCH_BYTES of listed size in flight, but always the next file).
+PREFETCH_WORKERS = 4
+PREFETCH_BYTES = 64 << 20
+# Small files share a transaction (a lake commit and each statement cost the same whatever they carry):
+# a group is written once it holds GROUP_MAX_ROWS rows or GROUP_MAX_FILES files. A file this big or
+# bigger is written on its own, as before.
+GROUP_MAX_ROWS = 200_000
+GROUP_MAX_FILES = 500
+
+
 def _prefetched(
     files: Sequence[FileVersion], load: Callable[[FileVersion], ParsedFile | Unavailable]
 ) -> Iterator[ParsedFile | Unavailable]:
-    """Yield parsed files in order, loading file i+1 in a thread while the caller writes file i."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-prefetch") as pool:
-        pending: Future[ParsedFile | Unavailable] | None = None
-        for file in files:
-            upcoming = pool.submit(load, file)
-            if pending is not None:
-                yield pending.result()
-            pending = upcoming
-        if pending is not None:
-            yield pending.result()
+    """Yield loaded files in order, loading the next ones in threads while the caller writes."""
+    with ThreadPoolExecutor(max_workers=PREFETCH_WORKERS, thread_name_prefix="usage-prefetch") as pool:
+        ahead: deque[tuple[Future[ParsedFile | Unavailable], int]] = deque()
+        queue = deque(files)
+        while queue or ahead:
+            while queue and (
+                not ahead
+                or (
+                    len(ahead) < PREFETCH_WORKERS
+                    and sum(size for _, size in ahead) + queue[0].size <= PREFETCH_BYTES
+                )
+            ):
+                file = queue.popleft()
+                ahead.append((pool.submit(load, file), file.size))
+            future, _ = ahead.popleft()
+            result = future.result()
+            if queue and not ahead:  # keep one loading while the caller writes this one
+                file = queue.popleft()
+                ahead.append((pool.submit(load, file), file.size))
+            yield result
+
+
+def _rows(parsed: ParsedFile) -> int:
+    return parsed.events.height + parsed.rejects.height
 
 
 def ingest_files(
@@ -218,7 +244,8 @@ def ingest_files(
     on_unavailable: Callable[[Unavailable], None] | None = None,
     describe: Describe = describe_briefly,
 ) -> IngestReport:
-    """Ingest each file version once, in arrival order; one transaction per file.
+    """Ingest each file version once, in arrival order; each file commits whole with its ledger row (small
+    files share a transaction: see write_file_group).
 
     A version that cannot be read now (an S3 error that outlasted the client's retries) does not stop the
     others: its attempt and error are recorded in file_attempts and it is reported as unavailable, for
@@ -231,20 +258,51 @@ def ingest_files(
     todo = [f for f in ordered if (f.key, f.etag) not in done]
     start_attempts(conn, todo, run_id, datetime.now(UTC))
 
+    counting = threading.Lock()
+
     def load(file: FileVersion) -> ParsedFile | Unavailable:
         try:
             parsed = load_file(file, fetch, max_file_bytes, limits)
         except Exception as exc:  # infrastructure: bad data never raises out of load_file
             return Unavailable(file, describe(exc))
-        report.bytes_read += parsed.file.size if parsed.status != "failed" else 0
+        if parsed.status != "failed":
+            with counting:  # loads run in several threads
+                report.bytes_read += parsed.file.size
         return parsed
 
-    def write(parsed: ParsedFile) -> None:
-        outcome = write_file_version(conn, parsed, run_id=run_id, stripe_dedup_window=stripe_dedup_window)
-        report.outcomes.append(outcome)
-        if on_file is not None:
-            on_file(outcome)
+    group: list[ParsedFile] = []
 
+    def report_outcomes(outcomes: Sequence[FileOutcome]) -> None:
+        for outcome in outcomes:
+            report.outcomes.append(outcome)
+            if on_file is not None:
+                on_file(outcome)
+
+    def write_group() -> None:
+        if not group:
+            return
+        if len(group) == 1:
+            report_outcomes([write_file_version(conn, group[0], run_id=run_id, stripe_dedup_window=window)])
+        else:
+            try:
+                outcomes = write_file_group(conn, group, run_id=run_id, stripe_dedup_window=window)
+            except duckdb.Error:
+                # Something in one file the shared statements choke on: each file alone, as before, so
+                # only that one can fail.
+                outcomes = [
+                    write_file_version(conn, p, run_id=run_id, stripe_dedup_window=window) for p in group
+                ]
+            report_outcomes(outcomes)
+        group.clear()
+
+    def write(parsed: ParsedFile) -> None:
+        if group and (
+            sum(map(_rows, group)) + _rows(parsed) > GROUP_MAX_ROWS or len(group) >= GROUP_MAX_FILES
+        ):
+            write_group()
+        group.append(parsed)
+
+    window = stripe_dedup_window
     for file, parsed in zip(todo, _prefetched(todo, load), strict=True):
         if isinstance(parsed, Unavailable):
             record_attempt_error(conn, parsed.file, run_id, parsed.error)
@@ -257,6 +315,7 @@ def ingest_files(
             # The listed version was overwritten before it could be read: what S3 now holds was ingested
             # as its own version; the listed one can never be read again and gets its ledger row here.
             write(superseded(file, parsed.file))
+    write_group()
     for file in ordered:
         if (file.key, file.etag) in done:
             outcome = ledger_outcome(conn, file.key, file.etag)

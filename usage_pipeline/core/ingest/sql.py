@@ -194,6 +194,48 @@ INSERT_NEW_STRIPE_EVENTS = _INSERT_NEW_EVENTS.format(
     layout="stripe", same_key="e.customer_id = b.customer_id AND e.event_id = b.event_id"
 )
 
+# --- a group of small files in one transaction ---------------------------------------------------------
+
+# The candidate events of several files are registered as `group_batch`: the event columns plus the file's
+# place in the group (`ordinal`, arrival order) and its dedup window (`win_lo`, `win_hi`: the file's own
+# event-time range, widened by the Stripe window). A candidate is new when no stored twin lies in its
+# file's window and no earlier file of the group holds a twin in that window, exactly what each file's
+# own transaction would have found one after the other (the group's earlier files stored theirs first).
+# `$ts_lo`, `$ts_hi` span every file's window, so DuckDB still prunes stored row groups on `ts`.
+_NEW_EVENTS_OF_GROUP = """
+    SELECT b.* FROM group_batch AS b
+    WHERE NOT EXISTS (
+        SELECT 1 FROM usage_events AS e
+        WHERE e.ts BETWEEN $ts_lo AND $ts_hi
+          AND e.layout = '{layout}'
+          AND e.ts BETWEEN b.win_lo AND b.win_hi
+          AND {same_key})
+      AND NOT EXISTS (
+        SELECT 1 FROM group_batch AS e
+        WHERE e.ordinal < b.ordinal
+          AND e.ts BETWEEN b.win_lo AND b.win_hi
+          AND {same_key})
+"""
+NEW_CHARGEBEE_EVENTS_OF_GROUP = _NEW_EVENTS_OF_GROUP.format(
+    layout="chargebee",
+    same_key="e.subscription_id = b.subscription_id AND e.ts = b.ts AND e.event_id = b.event_id",
+)
+NEW_STRIPE_EVENTS_OF_GROUP = _NEW_EVENTS_OF_GROUP.format(
+    layout="stripe", same_key="e.customer_id = b.customer_id AND e.event_id = b.event_id"
+)
+
+INSERT_GROUP_EVENTS = """
+    INSERT INTO usage_events
+    SELECT event_id, layout, event_name, customer_id, subscription_id, ts, properties, source_file,
+           source_etag, source_row, $ingested_at
+    FROM new_group_events
+"""
+
+ACCEPTED_PER_FILE = "SELECT ordinal, count(*) FROM new_group_events GROUP BY ordinal"
+
+# The group's ledger rows, registered as `ledger_rows` in the table's column order.
+INSERT_LEDGER_ROWS = "INSERT INTO ingested_files SELECT * FROM ledger_rows"
+
 INSERT_REJECTS = """
     INSERT INTO rejected_events
     SELECT source_file, source_etag, source_row, error_code, error_message, raw_record, $ingested_at
