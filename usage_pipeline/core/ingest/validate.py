@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,7 @@ _RULE = "__rule"
 _EVENT_ID = "__event_id"
 _KEY_HASH = "__key_hash"
 _KEEP = "__keep"
+_ARRIVED_MS = "__arrived_ms"  # the file's arrival, ms since the epoch: the rules are the same for every file
 
 
 def _present_col(name: str) -> str:
@@ -75,10 +77,13 @@ def validate_rows(
     text = table.fields.select(layout_columns(spec, table.columns))
     # The costly string checks are independent columns of one context, so polars runs them in parallel.
     numbered = text.hstack([table.rows.cast(pl.Int64).alias(_ROW), table.malformed.alias(_MALFORMED)])
-    checked = numbered.lazy().with_columns(_checks(spec, text.columns)).collect()
+    checked = numbered.lazy().with_columns(_checks(spec, tuple(text.columns))).collect()
     checked = checked.with_columns(_fixes(spec, checked))
     del numbered
-    rules = _rules(spec, text.columns, file, limits)
+    # Built once per layout, columns and limits (building polars expressions costs more than running them
+    # on a small file); the file's arrival is a column they read.
+    order = tuple(ROW_ERROR_CODES)
+    rules = _rules(spec, tuple(text.columns), limits.max_event_age, limits.max_future_skew, order)
     # The rules from the first that reads the properties on are applied late: the properties' costly JSON
     # is built only for the rows no earlier rule rejects (in SPEC order the properties rules come last).
     needs_properties = [bool({_PROPS, _JSON_OK} & set(r.broken.meta.root_names())) for r in rules]
@@ -87,7 +92,11 @@ def validate_rows(
     key = [STRIPE_CUSTOMER, _EVENT_ID] if spec is STRIPE else ["subscription_id", _TS_MS, _EVENT_ID]
     prepared = (
         checked.lazy()
-        .with_columns(_timestamp_ms(spec), _event_id(spec, checked, file).alias(_EVENT_ID))
+        .with_columns(
+            _timestamp_ms(spec),
+            _event_id(spec, checked, file).alias(_EVENT_ID),
+            pl.lit(_arrived_ms(file), pl.Int64).alias(_ARRIVED_MS),
+        )
         .with_columns(
             _first_rule(rules, list(range(first_late))),
             pl.struct(key).hash().alias(_KEY_HASH),
@@ -120,7 +129,7 @@ def _with_properties(spec: LayoutSpec, prepared: pl.DataFrame, columns: list[str
     millions of bad rows does not pay for their JSON. When most are open, gathering and scattering them
     would cost more than computing the few rejected ones too, whose values are then never read.
     """
-    exprs = _property_checks(spec, columns)
+    exprs = _property_checks(spec, tuple(columns))
     names = [e.meta.output_name() for e in exprs]
     open_rows = prepared[_RULE].is_null()
     if open_rows.sum() * 2 >= prepared.height:
@@ -144,7 +153,8 @@ def _with_properties(spec: LayoutSpec, prepared: pl.DataFrame, columns: list[str
     return prepared.hstack(found)
 
 
-def _checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
+@functools.cache
+def _checks(spec: LayoutSpec, columns: tuple[str, ...]) -> list[pl.Expr]:
     """Working columns over every row; the values that need a second look are fixed by _fixes."""
     exprs = [
         # An integer epoch is exactly what this cast accepts (sign and ASCII digits); overflow gives null too.
@@ -171,7 +181,8 @@ def _checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
     return exprs
 
 
-def _property_checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
+@functools.cache
+def _property_checks(spec: LayoutSpec, columns: tuple[str, ...]) -> list[pl.Expr]:
     """The properties as compact JSON, and (Chargebee) whether they are a JSON object."""
     if spec is not STRIPE:
         # One strict parse per row both validates and compacts: polars' JSONPath "$" gives the document
@@ -182,7 +193,7 @@ def _property_checks(spec: LayoutSpec, columns: list[str]) -> list[pl.Expr]:
         object_text = properties.str.strip_chars_start().str.starts_with("{")
         is_object = (parsed.is_not_null() & object_text).fill_null(False)
         return [parsed.alias(_PROPS), is_object.alias(_JSON_OK)]
-    members = payload_members(columns)
+    members = payload_members(list(columns))
     return [
         encode_members(members).alias(_PROPS),
         pl.any_horizontal(pl.lit(False), *(value.is_null() for _, value in members)).alias(_PROPS_GAP),
@@ -265,14 +276,25 @@ def _event_id(spec: LayoutSpec, checked: pl.DataFrame, file: FileVersion) -> pl.
     return pl.when(pl.col(present)).then(pl.col("identifier")).otherwise(derived)
 
 
-def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: ValidationLimits) -> list[_Rule]:
+def _arrived_ms(file: FileVersion) -> int:
+    return _ms(file.last_modified.replace(tzinfo=file.last_modified.tzinfo or UTC) - _EPOCH)
+
+
+@functools.lru_cache(maxsize=64)
+def _rules(
+    spec: LayoutSpec,
+    columns: tuple[str, ...],
+    max_event_age: timedelta,
+    max_future_skew: timedelta,
+    order: tuple[str, ...],
+) -> list[_Rule]:
     """The row checks in the precedence order of ROW_ERROR_CODES (SPEC 3): a rejected row gets the first
     rule it breaks; the rules of one code keep the order they are listed in here."""
     field = spec.timestamp
     ts_text = pl.col(field).str.strip_chars()
     ts, ts_ms = pl.col(_TS), pl.col(_TS_MS)
-    arrived_ms = _ms(file.last_modified.replace(tzinfo=file.last_modified.tzinfo or UTC) - _EPOCH)
-    age_ms, skew_ms = _ms(limits.max_event_age), _ms(limits.max_future_skew)
+    arrived_ms = pl.col(_ARRIVED_MS)
+    age_ms, skew_ms = _ms(max_event_age), _ms(max_future_skew)
     iso_time = ts_ms.cast(pl.Datetime("ms")).dt.to_string("%Y-%m-%dT%H:%M:%S%.fZ")
     unit, other_unit = ("seconds", "milliseconds") if spec is STRIPE else ("milliseconds", "seconds")
 
@@ -330,7 +352,7 @@ def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: Vali
         ),
     ]
     if spec is STRIPE:
-        rules += _stripe_rules(columns)
+        rules += _stripe_rules(list(columns))
     else:
         rules.append(
             _Rule(
@@ -349,7 +371,7 @@ def _rules(spec: LayoutSpec, columns: list[str], file: FileVersion, limits: Vali
             ),
         )
     )
-    return sorted(rules, key=lambda rule: ROW_ERROR_CODES.index(rule.code))
+    return sorted(rules, key=lambda rule: order.index(rule.code))
 
 
 def _stripe_rules(columns: list[str]) -> list[_Rule]:
