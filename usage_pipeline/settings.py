@@ -64,11 +64,12 @@ class Settings(BaseSettings):
     close_grace: timedelta = timedelta(hours=1)
     # First day of the period-close partitions; unset = the catalog's earliest subscription start (UTC).
     close_start: date | None = None
-    # Bounded work per ingest run, like Stripe's S3 connector (50 files or 10 GB per run).
-    run_max_files: int = Field(default=50, gt=0)
+    # Bounded work per ingest run (500 files or 10 GB per run). Small files share transactions, so a run
+    # of many of them costs little more than one; a Dagster run costs ~1 s of its own.
+    run_max_files: int = Field(default=500, gt=0)
     run_max_bytes: int = Field(default=10 * 10**9, gt=0)
     # Bounded work per sensor tick: runs requested and seconds spent listing.
-    tick_max_runs: int = Field(default=20, gt=0)
+    tick_max_runs: int = Field(default=4, gt=0)
     tick_list_seconds: float = Field(default=30.0, gt=0)
     # How far back a listing pass re-examines LastModified (covers clock skew and same-second uploads).
     listing_overlap: timedelta = timedelta(minutes=15)

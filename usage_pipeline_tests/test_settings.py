@@ -24,7 +24,7 @@ def test_defaults_are_the_specs():
         timedelta(minutes=5),
         timedelta(hours=1),
     )
-    assert (s.run_max_files, s.run_max_bytes) == (50, 10 * 10**9)
+    assert (s.run_max_files, s.run_max_bytes, s.tick_max_runs) == (500, 10 * 10**9, 4)
     assert s.catalog_path.endswith("example.yaml")
 
 

@@ -449,7 +449,7 @@ DLT_TARGET = 1.5  # the product end to end this many times faster than dlt, at l
 HAND_TARGET = 1.3  # the product's end-to-end time / the hand-written DuckDB script's, at most
 FORMAT_LABELS = {"csv": "CSV", "jsonl": "JSON Lines"}
 # The most `usage-pipeline ingest` processes a workload may take (one takes up to tick_max_runs x
-# run_max_files = 1,000 files); more means something is stuck.
+# run_max_files = 2,000 files); more means something is stuck.
 MAX_INVOCATIONS = 20
 
 
@@ -1151,7 +1151,7 @@ def _measure(
             click.echo(line)
         click.echo(
             "\nevents/s: the files' rows over the wall clock, for end to end from the process's start to its "
-            "exit (start-up, sensor evaluation, one Dagster run per 50 files, checks, summary)."
+            "exit (start-up, sensor evaluation, one Dagster run per 500 files, checks, summary)."
         )
     if any(w.floor is not None for w in workloads):
         click.echo("\n### By rows per file: floor vs ingest step vs end to end (Stripe CSV, lake)\n")

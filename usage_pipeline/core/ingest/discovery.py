@@ -56,9 +56,9 @@ class ListingCursor:
 
 @dataclass(frozen=True)
 class DiscoveryLimits:
-    run_max_files: int = 50
+    run_max_files: int = 500
     run_max_bytes: int = 10 * 10**9
-    tick_max_runs: int = 20
+    tick_max_runs: int = 4
     tick_list_seconds: float = 30.0
     overlap: timedelta = timedelta(minutes=15)
     max_file_bytes: int = 1 << 30

@@ -36,6 +36,9 @@ from usage_pipeline.defs.resources import PipelineSettings, UsageLake, infrastru
 INGEST_GROUP = "ingest"
 # Run tags carry each ingest run's file outcome counts (see _run_tags).
 RUN_TAG_PREFIX = "usage_pipeline/"
+# A run of at most this many files logs a line per file; a bigger one logs its problem files and progress.
+LOG_EACH_FILE_UP_TO = 50
+LOG_PROGRESS_EVERY = 100
 
 # A tuple, not module attributes: dg's defs folder loads every AssetSpec found at module level as an asset.
 INGEST_SPECS = (
@@ -170,9 +173,19 @@ def ingest_usage_files(
     def log_unavailable(item: Unavailable) -> None:
         context.log.error(f"could not read {item.file.key} (it stays pending and is retried): {item.error}")
 
+    written = 0
+
     def log(outcome: FileOutcome) -> None:
-        level = context.log.warning if outcome.status == STATUS_FAILED else context.log.info
-        level(describe_outcome(outcome))
+        # Every file with a problem gets its own line; clean files too in a small run. A run of hundreds of
+        # small files logs its progress instead: each event-log line costs a few ms, as much as the file.
+        nonlocal written
+        written += 1
+        if outcome.status == STATUS_FAILED:
+            context.log.warning(describe_outcome(outcome))
+        elif outcome.rows_rejected or len(files) <= LOG_EACH_FILE_UP_TO:
+            context.log.info(describe_outcome(outcome))
+        elif written % LOG_PROGRESS_EVERY == 0:
+            context.log.info(f"{written} of {plural(len(files), 'file')} written")
 
     with infrastructure_failures(settings.get()), lake.get_connection() as conn:
         report = ingest_files(
