@@ -135,9 +135,9 @@ def dedup_keys_unique(
     ts_lo, ts_hi, written = conn.execute(sql.RUN_EVENT_TIME_RANGE, {"since": since}).fetchall()[0]
     if not written:
         return CheckFinding(True, "no events written by this run", counts={"events_checked_window": 0})
-    dupes = dict_rows(
-        conn, sql.DUPLICATE_KEYS, {"ts_lo": ts_lo - stripe_window, "ts_hi": ts_hi + stripe_window}
-    )
+    window = {"ts_lo": ts_lo - stripe_window, "ts_hi": ts_hi + stripe_window}
+    hashes = [h for (h,) in conn.execute(sql.DUPLICATE_KEY_HASHES, window).fetchall()]
+    dupes = dict_rows(conn, sql.DUPLICATE_KEYS, {**window, "hashes": hashes}) if hashes else []
     summary = (
         f"{len(dupes)} dedup keys stored more than once" if dupes else "dedup keys are unique"
     ) + f" (events between {ts_lo - stripe_window} and {ts_hi + stripe_window} UTC)"
