@@ -69,7 +69,7 @@ import polars as pl
 from usage_pipeline.cli.generate import COLUMNS, generate_usage_frame
 from usage_pipeline.cli.local_s3 import LOCAL_CREDENTIALS, local_s3
 from usage_pipeline.core.ingest.model import FileVersion, ValidationLimits
-from usage_pipeline.core.ingest.runner import ingest_files
+from usage_pipeline.core.ingest.runner import ingest_files, prefetched
 from usage_pipeline.core.ingest.s3 import list_page, read_version
 from usage_pipeline.core.storage.lake import Lake, connect, read_only, registered, transaction
 from usage_pipeline.core.storage.schema import ensure_schema
@@ -203,17 +203,21 @@ FLOOR_INSERT = """
 
 
 def _floor(client, files: list[FileVersion], store: Store) -> Timing:
-    """S3 GET + polars read_csv + a plain INSERT into usage_events and COMMIT, one file at a time."""
+    """S3 GET + polars read_csv + a plain INSERT into usage_events and COMMIT, one file at a time, the
+    next files fetched and read while one is written, by the ingest's own prefetching."""
     events = 0
     now = datetime.now(UTC).replace(tzinfo=None)
     clock = _Clock()
+
+    def load(file: FileVersion) -> tuple[pl.DataFrame, str]:
+        response = client.get_object(Bucket=BUCKET, Key=file.key)
+        # As text, exactly as the ingest reads it.
+        frame = pl.read_csv(response["Body"].read(), infer_schema=False)
+        return frame.with_row_index("source_row", offset=1), response["ETag"].strip('"')
+
     with store.open() as conn:
-        for file in files:
-            response = client.get_object(Bucket=BUCKET, Key=file.key)
-            data = response["Body"].read()
-            # As text, exactly as the ingest reads it.
-            frame = pl.read_csv(data, infer_schema=False).with_row_index("source_row", offset=1)
-            params = {"file": file.key, "etag": response["ETag"].strip('"'), "now": now}
+        for file, (frame, etag) in zip(files, prefetched(files, load), strict=True):
+            params = {"file": file.key, "etag": etag, "now": now}
             with registered(conn, {"raw": frame}), transaction(conn):
                 conn.execute(FLOOR_INSERT, params).fetchall()
             events += frame.height

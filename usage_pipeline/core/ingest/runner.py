@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import duckdb
 from polars.exceptions import PanicException
@@ -43,6 +44,7 @@ FILE_ROW_COLUMNS = (
     "already_ingested",
 )
 
+L = TypeVar("L")  # what loading a file gives
 Fetch = Callable[[FileVersion], tuple[bytes, FileVersion]]
 Describe = Callable[[BaseException], str]
 
@@ -202,12 +204,10 @@ GROUP_MAX_ROWS = 200_000
 GROUP_MAX_FILES = 500
 
 
-def _prefetched(
-    files: Sequence[FileVersion], load: Callable[[FileVersion], ParsedFile | Unavailable]
-) -> Iterator[ParsedFile | Unavailable]:
+def prefetched(files: Sequence[FileVersion], load: Callable[[FileVersion], L]) -> Iterator[L]:
     """Yield loaded files in order, loading the next ones in threads while the caller writes."""
     with ThreadPoolExecutor(max_workers=PREFETCH_WORKERS, thread_name_prefix="usage-prefetch") as pool:
-        ahead: deque[tuple[Future[ParsedFile | Unavailable], int]] = deque()
+        ahead: deque[tuple[Future[L], int]] = deque()
         queue = deque(files)
         while queue or ahead:
             while queue and (
@@ -303,7 +303,7 @@ def ingest_files(
         group.append(parsed)
 
     window = stripe_dedup_window
-    for file, parsed in zip(todo, _prefetched(todo, load), strict=True):
+    for file, parsed in zip(todo, prefetched(todo, load), strict=True):
         if isinstance(parsed, Unavailable):
             record_attempt_error(conn, parsed.file, run_id, parsed.error)
             report.unavailable.append(parsed)
