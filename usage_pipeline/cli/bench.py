@@ -977,6 +977,32 @@ def rows_per_file_table(results: list[WorkloadResult]) -> list[str]:
     return _markdown(header, rows)
 
 
+JSON_TARGET = 1.5  # JSON Lines' time per event / CSV's, at most
+
+
+def json_vs_csv_table(results: list[WorkloadResult]) -> list[str]:
+    """JSON Lines against CSV of the same rows and files (100 x 100k): time per event, step and end to end."""
+    by_name = {r.workload.name: r for r in results}
+    csv, jsonl = by_name.get("100x100k-csv"), by_name.get("100x100k-jsonl")
+    if csv is None or jsonl is None:
+        return []
+    rows = []
+    for what, a, b in (
+        ("ingest step", csv.step, jsonl.step),
+        ("end to end", csv.e2e, jsonl.e2e),
+    ):
+        if a is None or b is None or not a.rate or not b.rate:
+            continue
+        rows.append([what, f"{a.rate:,.0f}", f"{b.rate:,.0f}", _verdict(a.rate / b.rate, JSON_TARGET)])
+    header = [
+        f"{csv.workload.files:,} × {_count(csv.workload.rows)}",
+        "CSV, events/s",
+        "JSON Lines, events/s",
+        "JSON Lines ÷ CSV (time per event)",
+    ]
+    return _markdown(header, rows) if rows else []
+
+
 def peers_table(results: list[WorkloadResult]) -> list[str]:
     """The product end to end beside dlt and the hand-written DuckDB script, on the same S3 files."""
     rows: list[list[str]] = []
@@ -1160,6 +1186,13 @@ def _measure(
     if any(w.floor is not None for w in workloads):
         click.echo("\n### By rows per file: floor vs ingest step vs end to end (Stripe CSV, lake)\n")
         for line in rows_per_file_table(workloads):
+            click.echo(line)
+    json_lines = json_vs_csv_table(workloads)
+    if json_lines:
+        click.echo(
+            f"\n### JSON Lines vs CSV, same rows (target: JSON Lines ≤ {JSON_TARGET}× CSV's time per event)\n"
+        )
+        for line in json_lines:
             click.echo(line)
     if any(w.peers for w in workloads):
         click.echo(
