@@ -36,10 +36,12 @@ KILL_HOOKS = {
     "run_created_not_started": ("dagster._core.instance.runs.run_domain", "RunDomain.create_run", "after", 1),
     # the second file's GET (the first file is being written meanwhile)
     "during_download": ("usage_pipeline.defs.ingest.assets", "read_version", "before", 2),
-    # the second file's events are inserted, its transaction is open
-    "during_write": ("usage_pipeline.core.ingest.store", "_insert_events", "after", 2),
-    # the process dies while the second file's COMMIT is under way
-    "during_commit": ("usage_pipeline.core.ingest.store", "transact", "commit", 4),
+    # the four small files share a transaction: their events are inserted, the transaction is open
+    "during_write": ("usage_pipeline.core.ingest.store", "_insert_group_events", "after", 1),
+    # the process dies while that shared COMMIT is under way
+    "during_commit": ("usage_pipeline.core.ingest.store", "transact", "commit", 1),
+    # each file alone (as big files are written): the second file's COMMIT is under way
+    "during_commit_one_file": ("usage_pipeline.core.ingest.store", "transact", "commit", 2, 1),
     # a close run dies inside its metering transaction, holding the "period_close" pool slot
     "close_mid_step": ("usage_pipeline.core.metering.meter", "write_metering", "after", 1),
     # a close run dies while its billing COMMIT (line items, invoices, revisions) is under way
@@ -83,6 +85,10 @@ def _wrap(original):
     return wrapped
 
 
+if os.environ.get("USAGE_TEST_GROUP_MAX_ROWS"):  # small files written one by one, as big ones are
+    import usage_pipeline.core.ingest.runner as runner
+    runner.GROUP_MAX_ROWS = int(os.environ["USAGE_TEST_GROUP_MAX_ROWS"])
+
 module = importlib.import_module(_module)
 owner = module
 *path, attr = _name.split(".")
@@ -117,11 +123,12 @@ def run_cli(env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) ->
 
 
 def victim_env(env: dict[str, str], hooks: Path, stage: str) -> dict[str, str]:
-    module, name, when, nth = KILL_HOOKS[stage]
+    module, name, when, nth, *group_max_rows = KILL_HOOKS[stage]
     return {
         **env,
         "PYTHONPATH": os.pathsep.join([str(hooks), env.get("PYTHONPATH", "")]),
         "USAGE_TEST_KILL_AT": f"{module}:{name}:{when}:{nth}",
+        **({"USAGE_TEST_GROUP_MAX_ROWS": str(group_max_rows[0])} if group_max_rows else {}),
     }
 
 
