@@ -200,7 +200,7 @@ PREFETCH_BYTES = 64 << 20
 # Small files share a transaction (a lake commit and each statement cost the same whatever they carry):
 # a group is written once it holds GROUP_MAX_ROWS rows or GROUP_MAX_FILES files. A file this big or
 # bigger is written on its own, as before.
-GROUP_MAX_ROWS = 200_000
+GROUP_MAX_ROWS = 500_000
 GROUP_MAX_FILES = 500
 
 

@@ -202,19 +202,14 @@ INSERT_NEW_STRIPE_EVENTS = _INSERT_NEW_EVENTS.format(
 # file's window and no earlier file of the group holds a twin in that window, exactly what each file's
 # own transaction would have found one after the other (the group's earlier files stored theirs first).
 # `$ts_lo`, `$ts_hi` span every file's window, so DuckDB still prunes stored row groups on `ts`.
+# Written as ANTI JOINs on the key with the window as a residual condition: hash joins (a correlated
+# NOT EXISTS with range conditions is planned as a much slower delim join).
 _NEW_EVENTS_OF_GROUP = """
     SELECT b.* FROM group_batch AS b
-    WHERE NOT EXISTS (
-        SELECT 1 FROM usage_events AS e
-        WHERE e.ts BETWEEN $ts_lo AND $ts_hi
-          AND e.layout = '{layout}'
-          AND e.ts BETWEEN b.win_lo AND b.win_hi
-          AND {same_key})
-      AND NOT EXISTS (
-        SELECT 1 FROM group_batch AS e
-        WHERE e.ordinal < b.ordinal
-          AND e.ts BETWEEN b.win_lo AND b.win_hi
-          AND {same_key})
+    ANTI JOIN (SELECT * FROM usage_events WHERE ts BETWEEN $ts_lo AND $ts_hi AND layout = '{layout}') AS e
+        ON {same_key} AND e.ts BETWEEN b.win_lo AND b.win_hi
+    ANTI JOIN group_batch AS e
+        ON {same_key} AND e.ordinal < b.ordinal AND e.ts BETWEEN b.win_lo AND b.win_hi
 """
 NEW_CHARGEBEE_EVENTS_OF_GROUP = _NEW_EVENTS_OF_GROUP.format(
     layout="chargebee",

@@ -246,7 +246,8 @@ def _insert_group_events(
             continue
         params = {"ts_lo": batch["win_lo"].min(), "ts_hi": batch["win_hi"].max()}
         with registered(conn, {"group_batch": batch}):
-            new = conn.sql(statement, params=params).to_arrow_table()
+            # execute, not the relation API: conn.sql(...).to_arrow_table() took 8x as long here
+            new = conn.execute(statement, params).to_arrow_table()
         with registered(conn, {"new_group_events": new}):
             conn.execute(sql.INSERT_GROUP_EVENTS, {"ingested_at": ingested_at}).fetchall()
             accepted.update(dict(conn.execute(sql.ACCEPTED_PER_FILE).fetchall()))
