@@ -198,6 +198,18 @@ INSERT_NEW_STRIPE_EVENTS = _INSERT_NEW_EVENTS.format(
     same_key="e.customer_id = b.customer_id AND e.event_id = b.event_id",
 )
 
+# A big file's chunks, spilled to Parquet files on local disk ({files}: a SQL list of their paths), as the
+# relations the statements here read: `batch` without the events whose key an earlier chunk had (their
+# source rows registered as `dropped`), and `rejects`. One statement then writes the whole file, as for
+# a file read in one piece, with DuckDB streaming the files instead of Python handing it frames.
+SPILLED_BATCH = """
+    CREATE OR REPLACE TEMP VIEW batch AS
+    SELECT * FROM read_parquet({files}) AS b
+    WHERE b.source_row NOT IN (SELECT source_row FROM dropped)
+"""
+SPILLED_REJECTS = "CREATE OR REPLACE TEMP VIEW rejects AS SELECT * FROM read_parquet({files})"
+DROP_SPILLED = "DROP VIEW IF EXISTS {name}"
+
 # --- a group of small files in one transaction ---------------------------------------------------------
 
 # The candidate events of several files are registered as `group_batch`: the event columns plus the file's
