@@ -14,7 +14,14 @@ from collections import Counter
 
 import polars as pl
 
-from usage_pipeline.core.ingest.records import RecordTable, Unreadable, nulls, physical_lines, utf8_error
+from usage_pipeline.core.ingest.records import (
+    RecordTable,
+    Unreadable,
+    WholeFileNeeded,
+    nulls,
+    physical_lines,
+    utf8_error,
+)
 
 __all__ = ["read_csv"]
 
@@ -26,12 +33,19 @@ class _Fallback(Exception):
     """polars cannot read the file or its records cannot be matched to lines: read it with Python's csv."""
 
 
-def read_csv(data: bytes) -> RecordTable:
-    """The records after the header; blank lines are skipped but keep their place in the numbering."""
+def read_csv(data: bytes, *, row_offset: int = 0, line_offset: int = 0, whole: bool = True) -> RecordTable:
+    """The records after the header; blank lines are skipped but keep their place in the numbering.
+
+    A chunk of a big file (`whole` False) is its header and some of its records: they are numbered from
+    `row_offset` + 1, their lines from `line_offset` after the header's; a chunk that polars cannot read
+    raises WholeFileNeeded.
+    """
     skip = data.count(b"\n", 0, _LEADING_BLANK_LINES.match(data).end())  # type: ignore[union-attr]
     try:
-        return _read_polars(data, skip)
+        return _read_polars(data, skip, row_offset, line_offset)
     except _Fallback:
+        if not whole:
+            raise WholeFileNeeded from None
         problem = utf8_error(data)  # the likeliest reason polars gave up, and Python's csv would too
         if problem is not None:
             raise Unreadable(problem) from None
@@ -50,7 +64,7 @@ def _frame(data: bytes, skip: int, truncate: bool) -> pl.DataFrame:
     )
 
 
-def _read_polars(data: bytes, skip: int) -> RecordTable:
+def _read_polars(data: bytes, skip: int, row_offset: int = 0, line_offset: int = 0) -> RecordTable:
     ragged = False
     try:
         frame = _frame(data, skip, truncate=False)
@@ -69,19 +83,26 @@ def _read_polars(data: bytes, skip: int) -> RecordTable:
     header = _header([v if v is not None else "" for v in frame.row(0)])
     body = frame.slice(1)
     body.columns = [f"c{i}" for i in range(body.width)]
-    rows = pl.int_range(1, body.height + 1, eager=True, dtype=pl.Int64)
+    rows = pl.int_range(row_offset + 1, row_offset + body.height + 1, eager=True, dtype=pl.Int64)
     blank = body.select(pl.all_horizontal(pl.all().is_null())).to_series()
     # A short record ends in nulls; a long one (when the file has any) can be any record.
     suspects = ~blank if ragged else ~blank & body[body.columns[-1]].is_null()
     malformed, raw_text = nulls(body.height), nulls(body.height)
     if suspects.any():
-        malformed, raw_text, spaces = _field_counts(data, skip, body, suspects)
+        malformed, raw_text, spaces = _field_counts(data, skip, body, suspects, line_offset)
         blank |= spaces
     fields = body.rename(dict(zip(body.columns, header, strict=True)))
     if blank.any():
         keep = ~blank
         fields, rows, malformed, raw_text = (x.filter(keep) for x in (fields, rows, malformed, raw_text))
-    return RecordTable(fields=fields, rows=rows, malformed=malformed, raw_text=raw_text, columns=header)
+    return RecordTable(
+        fields=fields,
+        rows=rows,
+        malformed=malformed,
+        raw_text=raw_text,
+        columns=header,
+        body_records=body.height,
+    )
 
 
 def _header(names: list[str]) -> list[str]:
@@ -97,7 +118,7 @@ def _header(names: list[str]) -> list[str]:
 
 
 def _field_counts(
-    data: bytes, skip: int, body: pl.DataFrame, suspects: pl.Series
+    data: bytes, skip: int, body: pl.DataFrame, suspects: pl.Series, line_offset: int
 ) -> tuple[pl.Series, pl.Series, pl.Series]:
     """(malformed message, raw text, line of spaces) per body record, looked at for `suspects` only.
 
@@ -110,14 +131,16 @@ def _field_counts(
     if starts.sum() != body.height + 1:
         raise _Fallback  # quoting that the line split cannot follow: let Python's csv read the file
     wanted = suspects.arg_true()
+    record = starts.cast(pl.Int64).cum_sum() - 2  # -1: the header's lines
     texts = (
         pl.DataFrame(
             [
-                (starts.cast(pl.Int64).cum_sum() - 2).alias("record"),  # -1: the header's lines
+                record.alias("record"),
                 pl.int_range(skip + 1, skip + lines.len() + 1, eager=True, dtype=pl.Int64).alias("line"),
                 lines.fill_null("").alias("text"),
             ]
         )
+        .with_columns(pl.col("line") + pl.when(pl.col("record") >= 0).then(line_offset).otherwise(0))
         .filter(pl.col("record").is_in(wanted.implode()))
         .group_by("record", maintain_order=True)
         .agg(pl.col("line").first(), pl.col("text").str.join("\n"))

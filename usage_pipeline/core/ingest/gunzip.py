@@ -6,6 +6,8 @@ import itertools
 import zlib
 from collections.abc import Iterator
 
+from usage_pipeline.core.ingest.spool import Body, SpooledFile, Spooler, pieces
+
 GZIP_MAGIC = b"\x1f\x8b"
 # gzip inside gzip is opened again through the same bound, this many layers at most.
 MAX_GZIP_LAYERS = 3
@@ -21,14 +23,15 @@ class BadGzip(Exception):
     """The bytes are not valid gzip; the message says where."""
 
 
-def decompress(data: bytes, limit: int) -> tuple[bytes, int]:
+def decompress(data: Body, limit: int, spool_over: int | None = None) -> tuple[Body, int]:
     """(the bytes inside every gzip layer, number of layers); `data` itself when it is not gzip.
 
     No layer may produce more than `limit` bytes (else TooLarge). Layers are streamed into one another and
-    only the innermost output is kept, in one growing buffer filled 1 MiB at a time, so a bomb costs at
-    most `limit` plus a few MiB of memory (a file within the limit is copied once more into bytes).
+    only the innermost output is kept, 1 MiB at a time: in memory up to `spool_over` bytes (None: any
+    size), beyond that in a temporary file on local disk. So a bomb costs a few MiB of memory beyond
+    `limit` or `spool_over`, whichever is smaller (a file within both is copied once more into bytes).
     """
-    stream: Iterator[bytes] = _pieces(data)
+    stream: Iterator[bytes] = pieces(data, _PIECE) if isinstance(data, SpooledFile) else _pieces(data)
     layers = 0
     head, stream = _peek(stream, len(GZIP_MAGIC))
     while head == GZIP_MAGIC:
@@ -39,10 +42,8 @@ def decompress(data: bytes, limit: int) -> tuple[bytes, int]:
         head, stream = _peek(stream, len(GZIP_MAGIC))
     if layers == 0:
         return data, 0
-    out = bytearray()
-    for piece in stream:
-        out += piece
-    return bytes(out), layers
+    with Spooler(limit if spool_over is None else spool_over) as out:
+        return out.write_all(stream).finish(), layers
 
 
 def _pieces(data: bytes) -> Iterator[bytes]:

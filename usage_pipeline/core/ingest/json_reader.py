@@ -16,7 +16,7 @@ import polars as pl
 from usage_pipeline.core.ingest.layouts import CHARGEBEE, PAYLOAD_PREFIX, STRIPE
 from usage_pipeline.core.ingest.records import RecordTable, Unreadable, nulls, physical_lines, utf8_error
 
-__all__ = ["read_json_array", "read_json_lines"]
+__all__ = ["is_layout_key", "read_json_array", "read_json_lines"]
 
 PAYLOAD = "payload"
 # The keys read from every record: both layouts' fields (and the payload_* keys a file has).
@@ -30,12 +30,21 @@ _SLICE_RECORDS = 1_000_000
 _JSON_SPACE = re.compile(rb"[ \t\r\n]*")
 
 
-def read_json_lines(data: bytes) -> RecordTable:
-    """One record per line; blank lines are skipped and do not count, other lines keep their number."""
+def read_json_lines(data: bytes, *, line_offset: int = 0, whole: bool = True) -> RecordTable:
+    """One record per line; blank lines are skipped and do not count, other lines keep their number.
+
+    A chunk of a big file (`whole` False) is numbered from line `line_offset` + 1, and may have no JSON
+    object at all (only the whole file then fails).
+    """
     lines = physical_lines(data)
-    numbers = pl.int_range(1, lines.len() + 1, eager=True, dtype=pl.Int64)
+    numbers = pl.int_range(line_offset + 1, line_offset + lines.len() + 1, eager=True, dtype=pl.Int64)
     present = lines.is_not_null()
-    return _records(lines.filter(present), numbers.filter(present), "line")
+    return _records(lines.filter(present), numbers.filter(present), "line", whole)
+
+
+def is_layout_key(key: str) -> bool:
+    """A key that validation reads: a field of either layout or a payload_* key."""
+    return key in _LAYOUT_KEYS or key.startswith(PAYLOAD_PREFIX)
 
 
 def read_json_array(data: bytes) -> RecordTable:
@@ -129,7 +138,7 @@ def _first_line(message: str) -> str:
     return "The file is not a valid JSON array: " + message.splitlines()[0][:300]
 
 
-def _records(texts: pl.Series, numbers: pl.Series, unit: str) -> RecordTable:
+def _records(texts: pl.Series, numbers: pl.Series, unit: str, whole: bool = True) -> RecordTable:
     """Records from their JSON texts: the layout keys as text columns, the rest judged malformed or not."""
     with duckdb.connect() as con:
         _register(con, "records", texts)
@@ -156,13 +165,13 @@ def _records(texts: pl.Series, numbers: pl.Series, unit: str) -> RecordTable:
             _register(con, "records", texts)
         malformed = _malformed(texts, numbers, invalid, unit)
         well_formed = malformed.is_null()
-        if texts.len() and not well_formed.any():
+        if whole and texts.len() and not well_formed.any():
             raise Unreadable(f"No record of the file is a JSON object: {malformed[0]}.")
         found = values.select((pl.all().is_not_null() & pl.lit(well_formed)).any()).row(0, named=True)
         values = values.select(k for k, yes in found.items() if yes)  # keys no record has: not columns
         values = _with_integral_timestamps(con, values)
         present = values.columns
-        if well_formed.any() and not any(k in _LAYOUT_KEYS or k.startswith(PAYLOAD_PREFIX) for k in present):
+        if well_formed.any() and not any(is_layout_key(k) for k in present):
             present = _keys(con)  # no layout key at all: name the keys the file has instead
     return RecordTable(fields=values, rows=numbers, malformed=malformed, raw_text=texts, columns=present)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from usage_pipeline.core.ingest.chunked import Spill
 
 Layout = Literal["stripe", "chargebee"]
 FileStatus = Literal["succeeded", "succeeded_with_errors", "failed", "skipped_empty"]
@@ -113,6 +116,9 @@ class ParsedFile:
 
     `events` are valid rows after in-file deduplication (first occurrence wins); `rows_duplicate_in_file`
     counts the later occurrences dropped. Deduplication against stored history happens in the writer.
+    A big file's events and rejects are in `spill` instead, chunk by chunk in Parquet files on local disk
+    (the writer has DuckDB read them; the *_batches methods read them as frames): `discard()` the
+    ParsedFile once it is written.
     """
 
     file: FileVersion
@@ -125,3 +131,38 @@ class ParsedFile:
     rows_duplicate_in_file: int = 0
     events: pl.DataFrame = field(default_factory=empty_events)
     rejects: pl.DataFrame = field(default_factory=empty_rejects)
+    spill: Spill | None = None
+
+    @property
+    def events_count(self) -> int:
+        return self.spill.events_count if self.spill is not None else self.events.height
+
+    @property
+    def rejects_count(self) -> int:
+        return self.spill.rejects_count if self.spill is not None else self.rejects.height
+
+    def event_batches(self) -> Iterator[pl.DataFrame]:
+        """The candidate events in file order, a chunk at a time (one frame for a file read in one piece)."""
+        if self.spill is not None:
+            yield from self.spill.event_batches()
+        elif self.events.height:
+            yield self.events
+
+    def reject_batches(self) -> Iterator[pl.DataFrame]:
+        if self.spill is not None:
+            yield from self.spill.reject_batches()
+        elif self.rejects.height:
+            yield self.rejects
+
+    def event_time_range(self) -> tuple[datetime, datetime] | None:
+        """The earliest and latest `ts` of the candidate events; None without any."""
+        if self.spill is not None:
+            return self.spill.time_range()
+        if self.events.is_empty():
+            return None
+        return self.events["ts"].min(), self.events["ts"].max()  # type: ignore[return-value]
+
+    def discard(self) -> None:
+        """Remove the spilled chunks from local disk (nothing to do for a file read in one piece)."""
+        if self.spill is not None:
+            self.spill.remove()

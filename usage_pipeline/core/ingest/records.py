@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 import polars as pl
 
-__all__ = ["RecordTable", "Unreadable", "check_text", "nulls", "physical_lines", "utf8_error"]
+__all__ = [
+    "RecordTable",
+    "Unreadable",
+    "WholeFileNeeded",
+    "check_head",
+    "check_text",
+    "nulls",
+    "physical_lines",
+    "utf8_error",
+]
 
 UTF8_BOM = b"\xef\xbb\xbf"
 # Longest first: the UTF-32 little-endian mark starts with the UTF-16 one.
@@ -33,6 +42,10 @@ class Unreadable(Exception):
     """The file cannot be read as a whole; the message says why and where."""
 
 
+class WholeFileNeeded(Exception):
+    """A chunk of a big file cannot be judged alone (odd quoting, a bad byte): read the file in one piece."""
+
+
 @dataclass
 class RecordTable:
     """A file's records, one row per record that is not blank, in file order.
@@ -48,6 +61,8 @@ class RecordTable:
     malformed: pl.Series  # String: why the record is malformed, null when it is not
     raw_text: pl.Series  # String
     columns: list[str]
+    # CSV: the records polars read after the header, blank ones included (numbering goes on from there).
+    body_records: int = 0
 
     @property
     def height(self) -> int:
@@ -59,6 +74,15 @@ def check_text(data: bytes) -> bytes:
 
     Old Mac line ends (a lone CR, no LF anywhere) become LF: readers split lines at LF only.
     """
+    data = data[check_head(data) :]
+    if b"\n" not in data and b"\r" in data:
+        data = data.replace(b"\r", b"\n")
+    return data
+
+
+def check_head(data: bytes) -> int:
+    """How many bytes to skip (a UTF-8 byte-order mark); Unreadable when the first bytes show another
+    encoding or a binary format. Only the first few KiB of `data` are read."""
     for magic, name in _OTHER_BOMS:
         if data.startswith(magic):
             raise Unreadable(
@@ -70,18 +94,15 @@ def check_text(data: bytes) -> bytes:
             raise Unreadable(
                 f"The file is {name} (it starts with bytes {magic.hex(' ')}); only gzip is read."
             )
-    if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM) :]
-    head = data[:_SNIFF_BYTES]
+    skip = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    head = data[skip : skip + _SNIFF_BYTES]
     nuls = head.count(0)
     if nuls * 4 >= len(head) > 0:
         raise Unreadable(
             f"{nuls} of the first {len(head)} bytes are NUL: the file looks UTF-16 or UTF-32 encoded "
             "(without a byte-order mark); usage files must be UTF-8."
         )
-    if b"\n" not in data and b"\r" in data:
-        data = data.replace(b"\r", b"\n")
-    return data
+    return skip
 
 
 def utf8_error(data: bytes) -> str | None:

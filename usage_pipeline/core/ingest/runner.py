@@ -29,6 +29,7 @@ from usage_pipeline.core.ingest.model import (
 )
 from usage_pipeline.core.ingest.parse import parse_file
 from usage_pipeline.core.ingest.s3 import ObjectGone
+from usage_pipeline.core.ingest.spool import DEFAULT_CHUNK_BYTES, Body, discard
 from usage_pipeline.core.ingest.store import FileOutcome, ledger_outcome, write_file_group, write_file_version
 from usage_pipeline.core.text import plural
 
@@ -45,7 +46,8 @@ FILE_ROW_COLUMNS = (
 )
 
 L = TypeVar("L")  # what loading a file gives
-Fetch = Callable[[FileVersion], tuple[bytes, FileVersion]]
+# The bytes of a version (big ones in a temporary file, removed once parsed) and the version S3 served.
+Fetch = Callable[[FileVersion], tuple[Body, FileVersion]]
 Describe = Callable[[BaseException], str]
 
 
@@ -158,10 +160,18 @@ def failed_file(file: FileVersion, fmt: str | None, reason: str, detail: str) ->
     return ParsedFile(file=file, status="failed", format=fmt, failed_reason=reason, failed_detail=detail)
 
 
-def load_file(file: FileVersion, fetch: Fetch, max_file_bytes: int, limits: ValidationLimits) -> ParsedFile:
+def load_file(
+    file: FileVersion,
+    fetch: Fetch,
+    max_file_bytes: int,
+    limits: ValidationLimits,
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> ParsedFile:
     """Bytes -> ParsedFile. Never raises for bad data: every failure becomes a file-level reason.
 
-    Infrastructure errors (S3 unreachable) do raise: the run fails and its files are retried.
+    Infrastructure errors (S3 unreachable) do raise: the run fails and its files are retried. A file over
+    `chunk_bytes` is parsed a chunk at a time (see parse_file).
     """
     fmt, reason, detail = classify_file(file, max_file_bytes)
     if reason is not None:
@@ -171,16 +181,18 @@ def load_file(file: FileVersion, fetch: Fetch, max_file_bytes: int, limits: Vali
         data, read = fetch(file)
     except ObjectGone:
         return failed_file(file, fmt, REASON_UNREADABLE, "the object was deleted before it could be read")
-    if read != file:
-        # The key was overwritten since it was listed: classify what was really read.
-        fmt, reason, detail = classify_file(read, max_file_bytes)
-        if reason is not None:
-            return failed_file(read, fmt, reason, detail or reason)
-        assert fmt is not None
     try:
-        return parse_file(data, read, fmt, limits)
+        if read != file:
+            # The key was overwritten since it was listed: classify what was really read.
+            fmt, reason, detail = classify_file(read, max_file_bytes)
+            if reason is not None:
+                return failed_file(read, fmt, reason, detail or reason)
+            assert fmt is not None
+        return parse_file(data, read, fmt, limits, chunk_bytes=chunk_bytes)
     except (Exception, PanicException) as exc:  # a parser bug on odd input must not stop the run
         return failed_file(read, fmt, REASON_UNREADABLE, f"could not be parsed: {type(exc).__name__}: {exc}")
+    finally:
+        discard(data)
 
 
 def superseded(listed: FileVersion, read: FileVersion) -> ParsedFile:
@@ -205,30 +217,44 @@ GROUP_MAX_FILES = 500
 
 
 def prefetched(files: Sequence[FileVersion], load: Callable[[FileVersion], L]) -> Iterator[L]:
-    """Yield loaded files in order, loading the next ones in threads while the caller writes."""
+    """Yield loaded files in order, loading the next ones in threads while the caller writes.
+
+    A big file read in chunks is written alone: nothing more starts loading until the caller is done with
+    it. Files loaded but never handed over (the caller stopped) have their spilled chunks removed.
+    """
     with ThreadPoolExecutor(max_workers=PREFETCH_WORKERS, thread_name_prefix="usage-prefetch") as pool:
         ahead: deque[tuple[Future[L], int]] = deque()
         queue = deque(files)
-        while queue or ahead:
-            while queue and (
-                not ahead
-                or (
-                    len(ahead) < PREFETCH_WORKERS
-                    and sum(size for _, size in ahead) + queue[0].size <= PREFETCH_BYTES
-                )
-            ):
-                file = queue.popleft()
-                ahead.append((pool.submit(load, file), file.size))
-            future, _ = ahead.popleft()
-            result = future.result()
-            if queue and not ahead:  # keep one loading while the caller writes this one
-                file = queue.popleft()
-                ahead.append((pool.submit(load, file), file.size))
-            yield result
+        try:
+            while queue or ahead:
+                while queue and (
+                    not ahead
+                    or (
+                        len(ahead) < PREFETCH_WORKERS
+                        and sum(size for _, size in ahead) + queue[0].size <= PREFETCH_BYTES
+                    )
+                ):
+                    file = queue.popleft()
+                    ahead.append((pool.submit(load, file), file.size))
+                future, _ = ahead.popleft()
+                result = future.result()
+                if queue and not ahead and not _spilled(result):  # one loading while the caller writes
+                    file = queue.popleft()
+                    ahead.append((pool.submit(load, file), file.size))
+                yield result
+        finally:
+            for future, _ in ahead:
+                left = future.result()
+                if isinstance(left, ParsedFile):
+                    left.discard()
 
 
 def _rows(parsed: ParsedFile) -> int:
-    return parsed.events.height + parsed.rejects.height
+    return parsed.events_count + parsed.rejects_count
+
+
+def _spilled(loaded: object) -> bool:
+    return isinstance(loaded, ParsedFile) and loaded.spill is not None
 
 
 def ingest_files(
@@ -243,9 +269,14 @@ def ingest_files(
     on_file: Callable[[FileOutcome], None] | None = None,
     on_unavailable: Callable[[Unavailable], None] | None = None,
     describe: Describe = describe_briefly,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> IngestReport:
     """Ingest each file version once, in arrival order; each file commits whole with its ledger row (small
     files share a transaction: see write_file_group).
+
+    A file over `chunk_bytes` (decompressed) is read and validated a chunk at a time into temporary files,
+    which DuckDB then streams into the lake, still in the file's one transaction: memory follows the chunk
+    size, not the file's.
 
     A version that cannot be read now (an S3 error that outlasted the client's retries) does not stop the
     others: its attempt and error are recorded in file_attempts and it is reported as unavailable, for
@@ -262,7 +293,7 @@ def ingest_files(
 
     def load(file: FileVersion) -> ParsedFile | Unavailable:
         try:
-            parsed = load_file(file, fetch, max_file_bytes, limits)
+            parsed = load_file(file, fetch, max_file_bytes, limits, chunk_bytes=chunk_bytes)
         except Exception as exc:  # infrastructure: bad data never raises out of load_file
             return Unavailable(file, describe(exc))
         if parsed.status != "failed":
@@ -296,6 +327,13 @@ def ingest_files(
         group.clear()
 
     def write(parsed: ParsedFile) -> None:
+        if parsed.spill is not None:  # a big file read in chunks: its own transaction, after the group's
+            write_group()
+            try:
+                report_outcomes([write_file_version(conn, parsed, run_id=run_id, stripe_dedup_window=window)])
+            finally:
+                parsed.discard()
+            return
         if group and (
             sum(map(_rows, group)) + _rows(parsed) > GROUP_MAX_ROWS or len(group) >= GROUP_MAX_FILES
         ):

@@ -17,6 +17,7 @@ from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseS
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from usage_pipeline.core.ingest.model import FileVersion
+from usage_pipeline.core.ingest.spool import DEFAULT_CHUNK_BYTES, Body, Spooler, discard
 from usage_pipeline.settings import load_settings
 
 # Used only against an explicit endpoint (a local S3 server) when the boto3 chain finds no credentials.
@@ -163,20 +164,33 @@ def list_page(
     return versions, bool(response.get("IsTruncated"))
 
 
-def _get_whole_object(client: Any, bucket: str, key: str) -> tuple[dict[str, Any], bytes]:
+_PIECE = 1 << 20
+
+
+def _get_whole_object(client: Any, bucket: str, key: str, spool_over: int) -> tuple[dict[str, Any], Body]:
     try:
         response = client.get_object(Bucket=bucket, Key=key)
     except client.exceptions.NoSuchKey as exc:
         raise ObjectGone(key) from exc
-    data = response["Body"].read()
     expected = response.get("ContentLength")
+    if expected is None or int(expected) <= spool_over:
+        data: Body = response["Body"].read()
+    else:  # streamed to local disk a MiB at a time: a big object never sits in memory
+        with Spooler(spool_over) as out:
+            for piece in iter(lambda: response["Body"].read(_PIECE), b""):
+                out.write(piece)
+            data = out.finish()
     if expected is not None and len(data) != int(expected):
+        discard(data)
         raise IncompleteReadError(actual_bytes=len(data), expected_bytes=int(expected))
     return response, data
 
 
-def read_version(client: Any, bucket: str, file: FileVersion) -> tuple[bytes, FileVersion]:
-    """GET the object; returns its bytes and the version actually read.
+def read_version(
+    client: Any, bucket: str, file: FileVersion, *, spool_over: int = DEFAULT_CHUNK_BYTES
+) -> tuple[Body, FileVersion]:
+    """GET the object; returns its bytes (in a temporary file when over `spool_over` bytes: the caller
+    removes it) and the version actually read.
 
     A body cut off short of its Content-Length is fetched again, up to the client's attempts, then
     S3ReadError. When the key was overwritten after it was listed, the bytes belong to the newer version,
@@ -184,7 +198,10 @@ def read_version(client: Any, bucket: str, file: FileVersion) -> tuple[bytes, Fi
     what was really ingested, and the sensor's later request for that newer version finds it done.
     """
     response, data = _resend_when_cut_off(
-        client, lambda: _get_whole_object(client, bucket, file.key), f"s3://{bucket}/{file.key}", "GET"
+        client,
+        lambda: _get_whole_object(client, bucket, file.key, spool_over),
+        f"s3://{bucket}/{file.key}",
+        "GET",
     )
     read = FileVersion(
         key=file.key,

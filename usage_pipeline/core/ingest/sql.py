@@ -172,27 +172,43 @@ INSERT_ACKNOWLEDGEMENT = """
 
 # The candidate batch is registered as the relation `batch`. Deduplication against history only scans
 # stored events inside the batch's event-time range ($ts_lo, $ts_hi): DuckDB prunes row groups on their
-# `ts` min/max, so the cost follows the batch's time window, not the size of the history.
+# `ts` min/max, so the cost follows the batch's time window, not the size of the history. An anti join,
+# not NOT EXISTS: DuckDB runs a correlated NOT EXISTS as a delim join, which first copies the whole batch
+# into memory (GBs for a big file); the anti join streams the batch past the stored keys in range.
 _INSERT_NEW_EVENTS = """
     INSERT INTO usage_events
     SELECT b.event_id, b.layout, b.event_name, b.customer_id, b.subscription_id, b.ts,
            b.properties, b.source_file, b.source_etag, b.source_row, $ingested_at
     FROM batch AS b
-    WHERE NOT EXISTS (
-        SELECT 1 FROM usage_events AS e
-        WHERE e.ts BETWEEN $ts_lo AND $ts_hi
-          AND e.layout = '{layout}'
-          AND {same_key})
+    ANTI JOIN (
+        SELECT {key} FROM usage_events
+        WHERE ts BETWEEN $ts_lo AND $ts_hi AND layout = '{layout}'
+    ) AS e ON {same_key}
 """
 
 # SPEC 4 dedup keys: Chargebee (subscription_id, usage_timestamp, deduplication_id); Stripe (customer, id).
 INSERT_NEW_CHARGEBEE_EVENTS = _INSERT_NEW_EVENTS.format(
     layout="chargebee",
+    key="subscription_id, ts, event_id",
     same_key="e.subscription_id = b.subscription_id AND e.ts = b.ts AND e.event_id = b.event_id",
 )
 INSERT_NEW_STRIPE_EVENTS = _INSERT_NEW_EVENTS.format(
-    layout="stripe", same_key="e.customer_id = b.customer_id AND e.event_id = b.event_id"
+    layout="stripe",
+    key="customer_id, event_id",
+    same_key="e.customer_id = b.customer_id AND e.event_id = b.event_id",
 )
+
+# A big file's chunks, spilled to Parquet files on local disk ({files}: a SQL list of their paths), as the
+# relations the statements here read: `batch` without the events whose key an earlier chunk had (their
+# source rows registered as `dropped`), and `rejects`. One statement then writes the whole file, as for
+# a file read in one piece, with DuckDB streaming the files instead of Python handing it frames.
+SPILLED_BATCH = """
+    CREATE OR REPLACE TEMP VIEW batch AS
+    SELECT * FROM read_parquet({files}) AS b
+    WHERE b.source_row NOT IN (SELECT source_row FROM dropped)
+"""
+SPILLED_REJECTS = "CREATE OR REPLACE TEMP VIEW rejects AS SELECT * FROM read_parquet({files})"
+DROP_SPILLED = "DROP VIEW IF EXISTS {name}"
 
 # --- a group of small files in one transaction ---------------------------------------------------------
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,10 +20,14 @@ from usage_pipeline.core.ingest.model import (
     STATUS_WITH_ERRORS,
     ParsedFile,
 )
-from usage_pipeline.core.storage.lake import registered, transact
+from usage_pipeline.core.storage.lake import memory_limited, registered, sql_strings, transact
 from usage_pipeline.core.storage.values import naive_utc
 
 STATUS_WIDTH = len(STATUS_WITH_ERRORS) + 1  # the longest status, and a space
+# DuckDB's memory while it writes a big file (one read in chunks): its inserts stream, but the anti join
+# against stored events of the file's time range (all of them twins when a big file is sent again) may
+# build a large hash table, which then spills to disk instead of doubling the process.
+BIG_FILE_MEMORY_LIMIT = "1GB"
 
 
 @dataclass(frozen=True)
@@ -87,23 +92,49 @@ def _insert_events(
     ingested_at: datetime,
     stripe_dedup_window: timedelta,
 ) -> int:
-    """Insert the events that have no stored twin; returns how many were inserted."""
-    events = parsed.events
-    if events.is_empty():
+    """Insert the events (the relation `batch`) that have no stored twin; returns how many were inserted."""
+    time_range = parsed.event_time_range()
+    if time_range is None:
         return 0
-    ts_lo, ts_hi = events["ts"].min(), events["ts"].max()
+    ts_lo, ts_hi = time_range
     if parsed.layout == "stripe":
         # A Stripe identifier's twin may carry a different timestamp (a client retry): look a window
         # beyond the batch's range, as Stripe itself deduplicates identifiers over a rolling window.
         statement = sql.INSERT_NEW_STRIPE_EVENTS
-        ts_lo, ts_hi = ts_lo - stripe_dedup_window, ts_hi + stripe_dedup_window  # type: ignore[operator]
+        ts_lo, ts_hi = ts_lo - stripe_dedup_window, ts_hi + stripe_dedup_window
     else:
         statement = sql.INSERT_NEW_CHARGEBEE_EVENTS
-    with registered(conn, {"batch": events.to_arrow()}):
-        inserted = conn.execute(
-            statement, {"ts_lo": ts_lo, "ts_hi": ts_hi, "ingested_at": ingested_at}
-        ).fetchall()
+    inserted = conn.execute(
+        statement, {"ts_lo": ts_lo, "ts_hi": ts_hi, "ingested_at": ingested_at}
+    ).fetchall()
     return int(inserted[0][0]) if inserted else 0
+
+
+@contextmanager
+def _relations(conn: duckdb.DuckDBPyConnection, parsed: ParsedFile) -> Iterator[None]:
+    """A file's candidate events and rejects as the relations `batch` and `rejects`: its frames, or for a
+    big file the views over its spilled chunks."""
+    spill = parsed.spill
+    if spill is None:
+        with registered(conn, {"batch": parsed.events, "rejects": parsed.rejects}):
+            yield
+        return
+    views = {
+        "batch": (sql.SPILLED_BATCH, spill.event_files()),
+        "rejects": (sql.SPILLED_REJECTS, spill.reject_files()),
+    }
+    with (
+        memory_limited(conn, BIG_FILE_MEMORY_LIMIT),
+        registered(conn, {"dropped": spill.dropped_rows().to_frame("source_row")}),
+    ):
+        try:
+            for statement, files in views.values():
+                if files:
+                    conn.execute(statement.format(files=sql_strings(files)))
+            yield
+        finally:
+            for name in views:
+                conn.execute(sql.DROP_SPILLED.format(name=name))
 
 
 def ledger_outcome(conn: duckdb.DuckDBPyConnection, key: str, etag: str) -> FileOutcome | None:
@@ -125,12 +156,12 @@ def _write(
     if existing is not None:
         conn.execute(sql.DELETE_ATTEMPT, {"file_key": file.key, "etag": file.etag})
         return existing
-    accepted = _insert_events(conn, parsed, ingested_at, stripe_dedup_window)
-    rows_rejected = parsed.rejects.height
-    if rows_rejected:
-        with registered(conn, {"rejects": parsed.rejects.to_arrow()}):
+    rows_rejected = parsed.rejects_count
+    with _relations(conn, parsed):
+        accepted = _insert_events(conn, parsed, ingested_at, stripe_dedup_window)
+        if rows_rejected:
             conn.execute(sql.INSERT_REJECTS, {"ingested_at": ingested_at}).fetchall()
-    rows_duplicate = parsed.rows_duplicate_in_file + (parsed.events.height - accepted)
+    rows_duplicate = parsed.rows_duplicate_in_file + (parsed.events_count - accepted)
     outcome = FileOutcome(
         key=file.key,
         etag=file.etag,
@@ -335,6 +366,7 @@ def write_file_group(
     Each file is deduplicated against the stored events and the group's earlier files, as if each had had
     its own transaction in turn. Versions already in the ledger are left alone, as in write_file_version.
     """
+    assert all(p.spill is None for p in group), "a big file read in chunks is written alone"
     ingested_at = naive_utc(now or datetime.now(UTC))
     first = group[0].file.key
     what = f"writing {first} and {len(group) - 1} more" if len(group) > 1 else f"writing {first}"

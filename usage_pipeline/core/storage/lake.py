@@ -25,7 +25,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +176,11 @@ class Lake:
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def sql_strings(texts: Iterable[str]) -> str:
+    """A SQL list literal of these strings, each quoted: for a view, which cannot take parameters."""
+    return "[" + ", ".join(_quote(t) for t in texts) + "]"
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -545,6 +550,21 @@ def registered(conn: duckdb.DuckDBPyConnection, relations: Mapping[str, object])
     finally:
         for name in relations:
             conn.unregister(name)
+
+
+@contextmanager
+def memory_limited(conn: duckdb.DuckDBPyConnection, limit: str) -> Iterator[None]:
+    """DuckDB's memory limit lowered to `limit` (e.g. "1GB") for the block, then set back: a big join or
+    sort then spills to DuckDB's temporary directory instead of growing the process."""
+    (before,) = conn.execute("SELECT current_setting('memory_limit')").fetchone()  # type: ignore[misc]
+    conn.execute(f"SET memory_limit = {_quote(limit)}")
+    try:
+        yield
+    finally:
+        conn.execute("RESET memory_limit")  # the exact default (its text form is rounded)
+        (now,) = conn.execute("SELECT current_setting('memory_limit')").fetchone()  # type: ignore[misc]
+        if now != before:
+            conn.execute(f"SET memory_limit = {_quote(before)}")
 
 
 def _scannable(relation: object) -> object:
