@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -262,6 +263,9 @@ def _new_connection() -> duckdb.DuckDBPyConnection:
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "custom_user_agent": "usage_pipeline",
+            # Where a capped write (a big file) spills: the system's temp folder, one per process, not
+            # DuckDB's default `.tmp` in whatever folder the process was started from.
+            "temp_directory": os.path.join(tempfile.gettempdir(), f"usage_pipeline-duckdb-{os.getpid()}"),
         },
     )
     conn.execute("SET enable_progress_bar = false")  # never a progress bar in a run's log or CLI output
