@@ -23,7 +23,9 @@ Stored history is generated inside DuckDB (`range()`), in time order, in transac
 `--skip-history` leave this part, or its history, out.
 
 Then, end to end, per workload of S3 files (10 x 1M Stripe CSV, 100 x 100k CSV, 100 x 100k JSON Lines,
-100 x 10k CSV, 1,000 x 100 CSV; `--workloads` picks some, `--scale` resizes them, `--quick` makes
+100 x 10k CSV, 1,000 x 100 CSV, and one ~1 GB file each as CSV, .csv.gz and JSON Lines, whose `ingest`
+process must peak under 2 GB; JSON Lines against CSV of the same rows, time per event, target <= 1.5x;
+`--workloads` picks some, `--scale` resizes them, `--quick` makes
 everything ~20x smaller), each under its own prefix of the same local S3 server, into the lake:
 
 * the ingest step (`ingest_files` in this process) into a fresh lake, and for the CSV cases of 10k / 100k /
@@ -47,6 +49,7 @@ met / NOT met.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -467,6 +470,12 @@ class Workload:
     peers: bool = False  # the peers run on it (with --peers)
     peer_targets: bool = False  # … and the peer targets apply
     files_target: bool = False  # many small files: files/s is what counts (scaled by file count)
+    gzip: bool = False  # uploaded as .<fmt>.gz
+    big: bool = False  # a big-file case: peak memory is what counts
+
+    @property
+    def extension(self) -> str:
+        return f"{self.fmt}.gz" if self.gzip else self.fmt
 
     @property
     def events(self) -> int:
@@ -474,7 +483,9 @@ class Workload:
 
     @property
     def label(self) -> str:
-        return f"{self.files:,} × {_count(self.rows)} {FORMAT_LABELS[self.fmt]}"
+        return f"{self.files:,} × {_count(self.rows)} {FORMAT_LABELS[self.fmt]}" + (
+            " (gzip)" if self.gzip else ""
+        )
 
     @property
     def prefix(self) -> str:
@@ -495,7 +506,12 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("100x100k-jsonl", 100, 100_000, "jsonl", peers=True),
     Workload("100x10k-csv", 100, 10_000, "csv", floor=True),
     Workload("1000x100-csv", 1000, 100, "csv", files_target=True),
+    # One ~1 GB file each (about 120 bytes a CSV row, 150 a JSON line): read in chunks, in bounded memory.
+    Workload("1GB-csv", 1, 8_500_000, "csv", big=True),
+    Workload("1GB-csv.gz", 1, 8_500_000, "csv", gzip=True, big=True),
+    Workload("1GB-jsonl", 1, 6_500_000, "jsonl", big=True),
 )
+BIG_FILE_RSS_TARGET = 2 * 10**9  # bytes of peak RSS for a ~1 GB file, at most
 WORKLOAD_NAMES = tuple(w.name for w in WORKLOADS)
 QUICK_SCALE = 0.05
 
@@ -564,6 +580,7 @@ class PeerRun:
 @dataclass
 class WorkloadResult:
     workload: Workload
+    size_bytes: int = 0  # of its S3 objects
     step: Timing | None = None
     floor: Timing | None = None
     e2e: E2ERun | None = None
@@ -946,6 +963,28 @@ def e2e_table(results: list[WorkloadResult]) -> list[str]:
     return _markdown(header, rows)
 
 
+def big_files_table(results: list[WorkloadResult]) -> list[str]:
+    """One big file per format: its rate and the peak memory of the `ingest` process that took it."""
+    rows = []
+    for r in results:
+        w, step, e2e = r.workload, r.step, r.e2e
+        if not w.big or step is None or e2e is None:
+            continue
+        rss_ok = e2e.peak_rss <= BIG_FILE_RSS_TARGET
+        rows.append(
+            [
+                f"{FORMAT_LABELS[w.fmt]}{' (gzip)' if w.gzip else ''}, {_count(w.rows)} rows",
+                _megabytes(r.size_bytes),
+                _timed(step.seconds, step.rate),
+                _timed(e2e.seconds, e2e.rate),
+                f"{_megabytes(e2e.peak_rss)} {'met' if rss_ok else '**NOT met**'}",
+                f"≤ {_megabytes(BIG_FILE_RSS_TARGET)}",
+            ]
+        )
+    header = ["one file", "S3 object", "ingest step", "end to end", "peak RSS (e2e process)", "target"]
+    return _markdown(header, rows) if rows else []
+
+
 def rows_per_file_table(results: list[WorkloadResult]) -> list[str]:
     """Floor vs ingest step (vs end to end) by rows per file, CSV into the lake."""
     rows: list[list[str]] = []
@@ -1187,6 +1226,11 @@ def _measure(
         click.echo("\n### By rows per file: floor vs ingest step vs end to end (Stripe CSV, lake)\n")
         for line in rows_per_file_table(workloads):
             click.echo(line)
+    big = big_files_table(workloads)
+    if big:
+        click.echo("\n### Big files: one file each, read in 32 MiB chunks within its one transaction\n")
+        for line in big:
+            click.echo(line)
     json_lines = json_vs_csv_table(workloads)
     if json_lines:
         click.echo(
@@ -1221,11 +1265,14 @@ def _measure(
     click.echo(f"\nbench run: {time.perf_counter() - run_started:.0f} s")
 
 
-def _upload(client, prefix: str, count: int, rows: int, fmt: str, arrival: datetime) -> None:
-    for i in range(count):
-        frame = _realistic_frame(rows, arrival, seed=i)
-        body = _csv_bytes(frame) if fmt == "csv" else _jsonl_bytes(frame)
-        client.put_object(Bucket=BUCKET, Key=f"{prefix}bench-{i:04d}.{fmt}", Body=body)
+def _upload(client, prefix: str, workload: Workload, arrival: datetime) -> None:
+    for i in range(workload.files):
+        frame = _realistic_frame(workload.rows, arrival, seed=i)
+        body = _csv_bytes(frame) if workload.fmt == "csv" else _jsonl_bytes(frame)
+        del frame
+        if workload.gzip:
+            body = gzip.compress(body, compresslevel=1)
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}bench-{i:04d}.{workload.extension}", Body=body)
 
 
 def _measure_storage(
@@ -1284,10 +1331,10 @@ def _measure_workload(
 ) -> WorkloadResult:
     """Upload the workload's files; floor (row-count cases), ingest step, end to end, peers; drop them."""
     click.echo(f"\n{workload.label} ({workload.name}): generating and uploading {workload.files:,} files …")
-    _upload(client, workload.prefix, workload.files, workload.rows, workload.fmt, arrival)
+    _upload(client, workload.prefix, workload, arrival)
     files = _list_all(client, workload.prefix)
     click.echo(f"  {len(files):,} files, {sum(f.size for f in files) / 1e6:,.0f} MB")
-    result = WorkloadResult(workload)
+    result = WorkloadResult(workload, size_bytes=sum(f.size for f in files))
 
     def done_with(folder: Path) -> None:
         if not keep:
