@@ -26,7 +26,7 @@ __all__ = [
 
 # Text read, parsed and validated at a time; also the size above which a body goes to local disk. A file
 # of up to this many (decompressed) bytes is read in one piece, as before: most files are small.
-DEFAULT_CHUNK_BYTES = 32 << 20
+DEFAULT_CHUNK_BYTES = 64 << 20
 _PIECE = 1 << 20
 _PREFIX = "usage-ingest-"
 
