@@ -302,6 +302,7 @@ def ingest_files(
         return parsed
 
     group: list[ParsedFile] = []
+    group_rows = 0  # rows of the files in `group`
 
     def report_outcomes(outcomes: Sequence[FileOutcome]) -> None:
         for outcome in outcomes:
@@ -325,8 +326,11 @@ def ingest_files(
                 ]
             report_outcomes(outcomes)
         group.clear()
+        nonlocal group_rows
+        group_rows = 0
 
     def write(parsed: ParsedFile) -> None:
+        nonlocal group_rows
         if parsed.spill is not None:  # a big file read in chunks: its own transaction, after the group's
             write_group()
             try:
@@ -334,11 +338,11 @@ def ingest_files(
             finally:
                 parsed.discard()
             return
-        if group and (
-            sum(map(_rows, group)) + _rows(parsed) > GROUP_MAX_ROWS or len(group) >= GROUP_MAX_FILES
-        ):
+        rows = _rows(parsed)
+        if group and (group_rows + rows > GROUP_MAX_ROWS or len(group) >= GROUP_MAX_FILES):
             write_group()
         group.append(parsed)
+        group_rows += rows
 
     window = stripe_dedup_window
     for file, parsed in zip(todo, prefetched(todo, load), strict=True):

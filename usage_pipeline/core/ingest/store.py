@@ -143,6 +143,45 @@ def ledger_outcome(conn: duckdb.DuckDBPyConnection, key: str, etag: str) -> File
     return FileOutcome(key, etag, *rows[0], already_ingested=True) if rows else None
 
 
+def _outcome(
+    parsed: ParsedFile, accepted: int, run_id: str | None, ingested_at: datetime
+) -> tuple[FileOutcome, dict[str, object]]:
+    """A written file version's outcome, and its ledger row (the columns of sql.INSERT_LEDGER, in order)."""
+    file, rows_rejected = parsed.file, parsed.rejects_count
+    rows_duplicate = parsed.rows_duplicate_in_file + (parsed.events_count - accepted)
+    outcome = FileOutcome(
+        key=file.key,
+        etag=file.etag,
+        size_bytes=file.size,
+        status=_status(parsed, rows_rejected),
+        layout=parsed.layout,
+        failed_reason=parsed.failed_reason,
+        failed_detail=parsed.failed_detail,
+        rows_total=parsed.rows_total,
+        rows_accepted=accepted,
+        rows_duplicate=rows_duplicate,
+        rows_rejected=rows_rejected,
+    )
+    row = {
+        "file_key": file.key,
+        "etag": file.etag,
+        "size_bytes": file.size,
+        "layout": parsed.layout,
+        "format": parsed.format,
+        "status": outcome.status,
+        "failed_reason": parsed.failed_reason,
+        "failed_detail": parsed.failed_detail,
+        "rows_total": parsed.rows_total,
+        "rows_accepted": accepted,
+        "rows_duplicate": rows_duplicate,
+        "rows_rejected": rows_rejected,
+        "arrived_at": naive_utc(file.last_modified),
+        "ingested_at": ingested_at,
+        "run_id": run_id,
+    }
+    return outcome, row
+
+
 def _write(
     conn: duckdb.DuckDBPyConnection,
     parsed: ParsedFile,
@@ -161,40 +200,8 @@ def _write(
         accepted = _insert_events(conn, parsed, ingested_at, stripe_dedup_window)
         if rows_rejected:
             conn.execute(sql.INSERT_REJECTS, {"ingested_at": ingested_at}).fetchall()
-    rows_duplicate = parsed.rows_duplicate_in_file + (parsed.events_count - accepted)
-    outcome = FileOutcome(
-        key=file.key,
-        etag=file.etag,
-        size_bytes=file.size,
-        status=_status(parsed, rows_rejected),
-        layout=parsed.layout,
-        failed_reason=parsed.failed_reason,
-        failed_detail=parsed.failed_detail,
-        rows_total=parsed.rows_total,
-        rows_accepted=accepted,
-        rows_duplicate=rows_duplicate,
-        rows_rejected=rows_rejected,
-    )
-    conn.execute(
-        sql.INSERT_LEDGER,
-        {
-            "file_key": file.key,
-            "etag": file.etag,
-            "size_bytes": file.size,
-            "layout": parsed.layout,
-            "format": parsed.format,
-            "status": outcome.status,
-            "failed_reason": parsed.failed_reason,
-            "failed_detail": parsed.failed_detail,
-            "rows_total": outcome.rows_total,
-            "rows_accepted": accepted,
-            "rows_duplicate": rows_duplicate,
-            "rows_rejected": rows_rejected,
-            "arrived_at": naive_utc(file.last_modified),
-            "ingested_at": ingested_at,
-            "run_id": run_id,
-        },
-    )
+    outcome, ledger_row = _outcome(parsed, accepted, run_id, ingested_at)
+    conn.execute(sql.INSERT_LEDGER, ledger_row)
     # The version has its ledger row, so it no longer waits: both in one transaction.
     conn.execute(sql.DELETE_ATTEMPT, {"file_key": file.key, "etag": file.etag})
     return outcome
@@ -304,40 +311,9 @@ def _write_group(
     written: dict[tuple[str, str], FileOutcome] = {}
     ledger_rows = []
     for ordinal, parsed in enumerate(todo):
-        file, rows_rejected, stored = parsed.file, parsed.rejects.height, accepted[ordinal]
-        rows_duplicate = parsed.rows_duplicate_in_file + (parsed.events.height - stored)
-        written[(file.key, file.etag)] = FileOutcome(
-            key=file.key,
-            etag=file.etag,
-            size_bytes=file.size,
-            status=_status(parsed, rows_rejected),
-            layout=parsed.layout,
-            failed_reason=parsed.failed_reason,
-            failed_detail=parsed.failed_detail,
-            rows_total=parsed.rows_total,
-            rows_accepted=stored,
-            rows_duplicate=rows_duplicate,
-            rows_rejected=rows_rejected,
-        )
-        ledger_rows.append(
-            {
-                "file_key": file.key,
-                "etag": file.etag,
-                "size_bytes": file.size,
-                "layout": parsed.layout,
-                "format": parsed.format,
-                "status": written[(file.key, file.etag)].status,
-                "failed_reason": parsed.failed_reason,
-                "failed_detail": parsed.failed_detail,
-                "rows_total": parsed.rows_total,
-                "rows_accepted": stored,
-                "rows_duplicate": rows_duplicate,
-                "rows_rejected": rows_rejected,
-                "arrived_at": naive_utc(file.last_modified),
-                "ingested_at": ingested_at,
-                "run_id": run_id,
-            }
-        )
+        outcome, ledger_row = _outcome(parsed, accepted[ordinal], run_id, ingested_at)
+        written[(outcome.key, outcome.etag)] = outcome
+        ledger_rows.append(ledger_row)
     if ledger_rows:
         with registered(conn, {"ledger_rows": pl.DataFrame(ledger_rows, schema=_LEDGER_SCHEMA)}):
             conn.execute(sql.INSERT_LEDGER_ROWS).fetchall()
