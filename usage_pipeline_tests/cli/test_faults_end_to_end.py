@@ -52,9 +52,10 @@ def ledger_counts(settings: Settings) -> dict[str, tuple[int, str, int, int]]:
 def test_every_file_is_ingested_exactly_once_through_a_faulty_s3(instance, settings, s3, bucket):
     sizes = upload(s3, bucket, 15)
     with faulty_s3_proxy(str(settings.s3_endpoint_url), fail_rate=0.35, seed=7) as proxy:
-        # Few client attempts, so that faults outlast botocore's retries and reach the product.
+        # One client attempt, so that faults reach the product: files load side by side, so which request
+        # meets which fault is not fixed by the seed, and with 2 attempts all 15 could get through.
         flaky = settings.model_copy(
-            update={"s3_endpoint_url": proxy.url, "s3_max_attempts": 2, "retry_backoff": timedelta(0)}
+            update={"s3_endpoint_url": proxy.url, "s3_max_attempts": 1, "retry_backoff": timedelta(0)}
         )
         defs = build_definitions(flaky)
         rounds = []

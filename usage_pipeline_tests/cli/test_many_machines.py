@@ -83,6 +83,7 @@ def test_workers_on_a_postgres_lake_on_s3_ingest_each_version_once_despite_a_kil
             pg_settings,
             tmp_path,
             "victim",
+            USAGE_TEST_GROUP_MAX_ROWS="1",  # files written one by one, each its own COMMIT
             PYTHONPATH=str(hooks),
             USAGE_TEST_KILL_AT="usage_pipeline.core.ingest.store:transact:commit:2",
         ),
